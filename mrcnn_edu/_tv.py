@@ -1,0 +1,18 @@
+"""Optional torchvision: used only as a fast path on GPU and as a test reference, never required."""
+
+from __future__ import annotations
+
+import functools
+
+
+@functools.lru_cache(maxsize=1)
+def torchvision_ops():
+    """``torchvision.ops`` if torchvision imports *and* its compiled kernels load, else None."""
+    try:
+        import torch
+        import torchvision.ops as ops
+
+        ops.nms(torch.zeros((1, 4)), torch.zeros(1), 0.5)  # raises where the compiled ops are missing
+        return ops
+    except Exception:  # ImportError, or RuntimeError from a build without working kernels
+        return None
