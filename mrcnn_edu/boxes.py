@@ -60,18 +60,23 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Pairwise intersection over union, as ``torchvision.ops.box_iou``.
 
-    boxes1: ``[N, 4]``, boxes2: ``[M, 4]``. Returns ``[N, M]`` with ``iou[i, j] = |b1_i ∩ b2_j| / |b1_i ∪ b2_j|``.
+    boxes1: ``[N, 4]``, boxes2: ``[M, 4]``.
+    Returns ``[N, M]`` with ``iou[i, j] = |b1_i ∩ b2_j| / |b1_i ∪ b2_j|``.
     A pair whose union is empty (two zero-area boxes) has IoU 0, not NaN.
     """
     check_boxes("boxes1", boxes1)
     check_boxes("boxes2", boxes2)
     area1, area2 = box_area(boxes1), box_area(boxes2)
-    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # [N, M, 2]
-    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])  # [N, M, 2]
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
+    # Overlap widths and heights as [N, M] tensors, one coordinate at a time (no [N, M, 2] temporaries:
+    # the RPN target layer calls this with M in the hundreds of thousands).
+    x1a, y1a, x2a, y2a = boxes1.T.unsqueeze(-1)  # each [N, 1]
+    x1b, y1b, x2b, y2b = boxes2.T.contiguous()  # each [M]
+    iw = (torch.minimum(x2a, x2b) - torch.maximum(x1a, x1b)).clamp(min=0)
+    ih = (torch.minimum(y2a, y2b) - torch.maximum(y1a, y1b)).clamp(min=0)
+    inter = iw * ih
     union = area1[:, None] + area2[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+    # An empty union means two zero-area boxes, whose intersection is 0 too: 0 / tiny = 0, not NaN.
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
 
 
 def clip_boxes(boxes: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
@@ -164,6 +169,7 @@ def to_matterport_normalized(boxes: torch.Tensor, image_size: Sequence[int]) -> 
     Matterport divides by ``(height - 1, width - 1)`` and treats ``y2, x2`` as exclusive by shifting them by 1
     pixel, so ``(0, 0, W, H)`` maps to ``(0, 0, 1, 1)``. boxes: ``[..., 4]``; image_size: ``(height, width)``.
     """
+    check_boxes("boxes", boxes, ndim=range(1, 8))
     h, w = check_size("image_size", image_size)
     if h < 2 or w < 2:
         raise ValueError(f"image_size must be at least (2, 2) to normalise, got {image_size!r}")
@@ -200,9 +206,10 @@ def encode_deltas(
 ) -> torch.Tensor:
     """Deltas that move each reference box (an anchor or a proposal) onto its target box.
 
-    boxes: ``[..., 4]`` target boxes (ground truth); reference: ``[..., 4]`` anchors or proposals, broadcastable
-    against ``boxes``; both need positive width and height. weights: ``(wx, wy, ww, wh)`` multipliers
-    (``1 / BBOX_STD_DEV`` in matterport). Returns ``[..., 4]`` deltas ``(dx, dy, dw, dh)``.
+    boxes: ``[..., 4]`` target boxes (ground truth); reference: ``[..., 4]`` anchors or proposals,
+    broadcastable against ``boxes``; both need positive width and height.
+    weights: ``(wx, wy, ww, wh)`` multipliers (``1 / BBOX_STD_DEV`` in matterport).
+    Returns ``[..., 4]`` deltas ``(dx, dy, dw, dh)``.
     """
     check_boxes("boxes", boxes, ndim=range(1, 8))
     check_boxes("reference", reference, ndim=range(1, 8))

@@ -10,6 +10,8 @@ Shape glossary
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from ._checks import check_tensor
@@ -18,7 +20,7 @@ __all__ = ["BACKGROUND", "IGNORE", "match_by_iou", "sample_balanced"]
 
 #: ``match_by_iou`` result for a reference box whose best IoU is below the negative threshold.
 BACKGROUND = -1
-#: ``match_by_iou`` result for a reference box between the thresholds: neither trained as object nor background.
+#: ``match_by_iou`` result for a reference box between the thresholds: neither object nor background.
 IGNORE = -2
 
 
@@ -36,12 +38,15 @@ def match_by_iou(
         threshold for the box head, so that nothing is ignored).
     allow_low_quality: also make positive, for each GT box, the reference boxes that reach its highest IoU
         (ties included) even below the threshold, so every object gets at least one anchor (Faster R-CNN).
+        A box promoted this way still regresses to its *own* best GT (as torchvision's Matcher and
+        matterport's ``build_rpn_targets``), so a GT whose best box overlaps another GT more stays unmatched.
     Returns int64 ``[N]``: the matched GT index ``>= 0``, :data:`BACKGROUND` (-1) or :data:`IGNORE` (-2).
     """
     check_tensor("iou", iou, ndim=2, kind="float")
     if negative_threshold > positive_threshold:
         raise ValueError(
-            f"negative_threshold ({negative_threshold}) must not exceed positive_threshold ({positive_threshold})"
+            f"negative_threshold ({negative_threshold}) must not exceed "
+            f"positive_threshold ({positive_threshold})"
         )
     g, n = iou.shape
     if g == 0:
@@ -79,8 +84,9 @@ def sample_balanced(
     Returns ``(positive_indices [P], negative_indices [Q])`` into ``labels``, int64, P + Q <= num_samples.
     """
     check_tensor("labels", labels, ndim=1)
-    if num_samples < 0:
-        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 0:
+        raise ValueError(f"num_samples must be an integer >= 0, got {num_samples!r}")
+    num_samples = int(num_samples)
     if not 0.0 < positive_fraction <= 1.0:
         raise ValueError(f"positive_fraction must be in (0, 1], got {positive_fraction}")
     positive = torch.nonzero(labels == 1).flatten()

@@ -1,0 +1,7 @@
+"""``python -m mrcnn_edu`` is the ``mrcnn-edu`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
