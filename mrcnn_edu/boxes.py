@@ -32,6 +32,7 @@ from ._checks import check_boxes, check_size, check_tensor
 __all__ = [
     "box_area",
     "box_iou",
+    "matched_box_iou",
     "clip_boxes",
     "remove_small_boxes",
     "masks_to_boxes",
@@ -57,6 +58,20 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
 
 
+def _iou(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], area_a, area_b) -> torch.Tensor:
+    """IoU from the coordinate columns ``(x1, y1, x2, y2)`` of two broadcastable box sets.
+
+    The single place where IoU arithmetic happens, so :func:`box_iou` and :func:`matched_box_iou` give
+    bit-identical values (the fast NMS relies on this to match the readable loop exactly).
+    """
+    iw = (torch.minimum(a[2], b[2]) - torch.maximum(a[0], b[0])).clamp(min=0)
+    ih = (torch.minimum(a[3], b[3]) - torch.maximum(a[1], b[1])).clamp(min=0)
+    inter = iw * ih
+    union = area_a + area_b - inter
+    # An empty union means two zero-area boxes, whose intersection is 0 too: 0 / tiny = 0, not NaN.
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Pairwise intersection over union, as ``torchvision.ops.box_iou``.
 
@@ -66,17 +81,28 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """
     check_boxes("boxes1", boxes1)
     check_boxes("boxes2", boxes2)
-    area1, area2 = box_area(boxes1), box_area(boxes2)
-    # Overlap widths and heights as [N, M] tensors, one coordinate at a time (no [N, M, 2] temporaries:
-    # the RPN target layer calls this with M in the hundreds of thousands).
-    x1a, y1a, x2a, y2a = boxes1.T.unsqueeze(-1)  # each [N, 1]
-    x1b, y1b, x2b, y2b = boxes2.T.contiguous()  # each [M]
-    iw = (torch.minimum(x2a, x2b) - torch.maximum(x1a, x1b)).clamp(min=0)
-    ih = (torch.minimum(y2a, y2b) - torch.maximum(y1a, y1b)).clamp(min=0)
-    inter = iw * ih
-    union = area1[:, None] + area2[None, :] - inter
-    # An empty union means two zero-area boxes, whose intersection is 0 too: 0 / tiny = 0, not NaN.
-    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+    # Coordinate columns [N, 1] against [M] (no [N, M, 2] temporaries: the RPN target layer calls this
+    # with M in the hundreds of thousands).
+    return _iou(
+        tuple(boxes1.T.unsqueeze(-1)),
+        tuple(boxes2.T.contiguous()),
+        box_area(boxes1)[:, None],
+        box_area(boxes2),
+    )
+
+
+def matched_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU of each pair ``(boxes1[e], boxes2[e])``: the diagonal of :func:`box_iou` without the matrix.
+
+    boxes1, boxes2: ``[E, 4]``. Returns ``[E]``, bit-identical to ``box_iou(boxes1, boxes2).diagonal()``.
+    """
+    check_boxes("boxes1", boxes1)
+    check_boxes("boxes2", boxes2)
+    if boxes1.shape != boxes2.shape:
+        raise ValueError(
+            f"boxes1 and boxes2 must have the same shape, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
+        )
+    return _iou(tuple(boxes1.T), tuple(boxes2.T), box_area(boxes1), box_area(boxes2))
 
 
 def clip_boxes(boxes: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:

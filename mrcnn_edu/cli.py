@@ -1,6 +1,6 @@
 """The ``mrcnn-edu`` command (also ``python -m mrcnn_edu``).
 
-    mrcnn-edu demo                      train the shapes preset on CPU, evaluate on held-out shapes, draw results
+    mrcnn-edu demo                      train shapes on CPU, evaluate on held-out shapes, draw the results
     mrcnn-edu train  [--preset P] [--set field=value ...] [--resume]
     mrcnn-edu eval   --checkpoint PATH [--coco JSON --images DIR]
     mrcnn-edu predict --checkpoint PATH IMAGE...
@@ -25,8 +25,12 @@ def _config(args):
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str = "shapes") -> None:
-    p.add_argument("--preset", default=default_preset, help="shapes | matterport | coco (default %(default)s)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    p.add_argument(
+        "--preset", default=default_preset, help="shapes | matterport | coco (default %(default)s)"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field"
+    )
 
 
 def _datasets(args, config):
@@ -92,7 +96,9 @@ def cmd_train(args) -> int:
 
     config = _config(args)
     train_set, val_set, _ = _datasets(args, config)
-    summary = train(config, train_set, val_set, out_dir=args.out, resume=args.resume, max_minutes=args.minutes)
+    summary = train(
+        config, train_set, val_set, out_dir=args.out, resume=args.resume, max_minutes=args.minutes
+    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -119,7 +125,9 @@ def cmd_predict(args) -> int:
         path = Path(name)
         if not path.is_file():
             raise SystemExit(f"predict: image file {path} does not exist")
-        image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+        image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(
+            2, 0, 1
+        )
         with torch.no_grad():
             result = model([image])[0]
         target = out / f"{path.stem}_detections.png"
@@ -137,17 +145,23 @@ def cmd_demo(args) -> int:
     config = Config.preset("shapes").override(*args.set)
     train_set, val_set, class_names = _datasets(args, config)
     out = Path(args.out)
-    print(f"demo: training the shapes preset on {len(train_set)} generated images for at most "
-          f"{config.steps} steps / {args.minutes} minutes; {len(val_set)} held-out images for evaluation")  # fmt: skip
+    print(
+        f"demo: training the shapes preset on {len(train_set)} generated images for at most "
+        f"{config.steps} steps / {args.minutes} minutes; {len(val_set)} held-out images for evaluation"
+    )
     train(config, train_set, None, out_dir=out, max_minutes=args.minutes)
     model = _load_model(out / "last.pt")
     results = _report(model, val_set, class_names, out, "demo")
     items = [val_set[i] for i in range(8)]
     predictions, targets = _predict_all(model, items)
-    compare_figure([im for im, _ in items], targets, predictions, class_names, path=out / "demo_predictions.png")
+    compare_figure(
+        [im for im, _ in items], targets, predictions, class_names, path=out / "demo_predictions.png"
+    )
     minutes = (time.perf_counter() - start) / 60
-    print(f"demo: mask AP@0.5 {results['segm']['AP50']:.3f} (COCO segm AP50) on {len(val_set)} held-out images,"
-          f" {minutes:.1f} min in all; figures in {out}/")  # fmt: skip
+    print(
+        f"demo: mask AP@0.5 {results['segm']['AP50']:.3f} (COCO segm AP50) on {len(val_set)} held-out images,"
+        f" {minutes:.1f} min in all; figures in {out}/"
+    )
     return 0
 
 
@@ -166,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=8.0, help="training time budget")
     p.add_argument("--train-images", type=int, default=4000)
     p.add_argument("--val-images", type=int, default=100)
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model")

@@ -3,7 +3,7 @@
 Every field is a plain value named after the matterport / torchvision setting it mirrors, so a notebook can
 print a config and a reader can find each number in the stage function that uses it. Presets:
 
-- ``shapes``: a tiny ResNet + 64-channel FPN on 128x128 synthetic shapes, trainable on a laptop CPU in minutes.
+- ``shapes``: a tiny ResNet + 64-channel FPN on 128x128 synthetic shapes, trained on a laptop CPU in minutes.
 - ``matterport``: the defaults of matterport's ``Config`` (ResNet-101, 1024x1024 "square", joint top-6000,
   200 ROIs at 33 % positive, rounding level assignment, detection 0.7 / 0.3).
 - ``coco``: torchvision's ``maskrcnn_resnet50_fpn`` recipe (R50-FPN, min 800 / max 1333, per-level top-k,

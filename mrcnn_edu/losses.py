@@ -37,7 +37,10 @@ import torch.nn.functional as F
 
 from ._checks import check_tensor
 
-__all__ = ["rpn_objectness_loss", "rpn_box_loss", "classifier_loss", "box_loss", "mask_loss"]
+__all__ = ["LOSS_NAMES", "rpn_objectness_loss", "rpn_box_loss", "classifier_loss", "box_loss", "mask_loss"]
+
+#: The names under which ``MaskRCNN`` returns the five losses in train mode.
+LOSS_NAMES = ("rpn_objectness", "rpn_box", "classifier", "box_reg", "mask")
 
 _NORMALIZE = ("sampled", "positives", "elements")
 

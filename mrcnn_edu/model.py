@@ -2,17 +2,17 @@
 
 ::
 
-    images ─ mold ─ backbone (C2..C5) ─ FPN (P2..P6) ─┬─ RPN head (shared by all levels) ─ proposal layer
-                                                      │        │ training: RPN targets ─ RPN losses
-                                                      │        ▼
-                                                      │   proposals (detached: no gradient to the RPN)
-                                                      │        │ training: detection targets (sampled ROIs)
-                                                      ├─ pyramid RoIAlign 7x7 ─ box head ─ class logits, box deltas
-                                                      │        │ training: classifier + box losses
-                                                      │        │ inference: detection layer (threshold, NMS)
-                                                      └─ pyramid RoIAlign 14x14 ─ mask head ─ 28x28 per class
-                                                               │ training: mask loss on the positive ROIs
-                                                               │ inference: on the detections, then pasted
+    images ─ mold ─ backbone (C2..C5) ─ FPN (P2..P6) ─┬─ RPN head (one for all levels) ─ proposal layer
+                                                      │      │ training: RPN targets ─ RPN losses
+                                                      │      ▼
+                                                      │  proposals (detached: no gradient to the RPN)
+                                                      │      │ training: detection targets (sampled ROIs)
+                                                      ├─ pyramid RoIAlign 7x7 ─ box head ─ classes, deltas
+                                                      │      │ training: classifier + box losses
+                                                      │      │ inference: detection layer (threshold, NMS)
+                                                      └─ pyramid RoIAlign 14x14 ─ mask head ─ 28x28 / class
+                                                             │ training: mask loss on the positive ROIs
+                                                             │ inference: on the detections, then pasted
 
 Training runs the box and mask heads in parallel on the sampled ROIs; inference runs them in series (the mask
 head sees the detection layer's boxes). Only the backbone, FPN and heads have weights; every other step is a
@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from . import losses
+from .losses import LOSS_NAMES
 from .anchors import concat_levels, pyramid_anchors
 from .backbone import build_backbone
 from .config import Config
@@ -53,8 +54,6 @@ from .rpn_targets import rpn_targets
 
 __all__ = ["MaskRCNN", "TRACE_STAGES", "LOSS_NAMES"]
 
-LOSS_NAMES = ("rpn_objectness", "rpn_box", "classifier", "box_reg", "mask")
-
 #: Stage names of :meth:`MaskRCNN.trace`, in execution order. "train" stages appear only on the training path,
 #: "eval" stages only on the inference path.
 TRACE_STAGES = {
@@ -69,7 +68,7 @@ TRACE_STAGES = {
     "rpn_targets": "train: dict labels [B, A] (1 / 0 / -1), deltas [B, A, 4]",
     "proposals_pre_nms": "both: per image, boxes [T, 4] and scores [T] entering NMS",
     "proposals": "both: per image, boxes [P, 4] and scores [P] after NMS",
-    "roi_targets": "train: per image, rois [R, 4], labels [R], box_targets [R, 4], mask_targets [R_pos, M, M]",
+    "roi_targets": "train: per image, rois [R, 4], labels [R], box_targets [R, 4], mask_targets [R+, M, M]",
     "box_features": "both: [R, F, 7, 7] pooled features of the ROIs (all images)",
     "class_logits": "both: [R, K + 1]",
     "box_deltas": "both: [R, (K + 1) * 4]",
@@ -88,8 +87,17 @@ def _check_images(images) -> list[torch.Tensor]:
     if not isinstance(images, (list, tuple)) or not images:
         raise ValueError("images must be a non-empty list of float [3, H, W] tensors in 0-1")
     for i, im in enumerate(images):
-        if not isinstance(im, torch.Tensor) or im.dim() != 3 or im.shape[0] != 3 or not im.is_floating_point():
-            got = f"shape {tuple(im.shape)} dtype {im.dtype}" if isinstance(im, torch.Tensor) else type(im).__name__
+        if (
+            not isinstance(im, torch.Tensor)
+            or im.dim() != 3
+            or im.shape[0] != 3
+            or not im.is_floating_point()
+        ):
+            got = (
+                f"shape {tuple(im.shape)} dtype {im.dtype}"
+                if isinstance(im, torch.Tensor)
+                else type(im).__name__
+            )
             raise ValueError(f"images[{i}] must be a float [3, H, W] tensor, got {got}")
         if im.numel() and (im.min() < 0 or im.max() > 1):
             raise ValueError(
@@ -107,7 +115,9 @@ class MaskRCNN(nn.Module):
         self.config = cfg = config or Config()
         if len(cfg.anchor_scales) != len(cfg.backbone_strides) or len(cfg.backbone_strides) != 5:
             raise ValueError("anchor_scales and backbone_strides must have one entry per level P2..P6")
-        self.backbone = build_backbone(cfg.backbone, norm=cfg.backbone_norm, trainable_stages=cfg.trainable_stages)
+        self.backbone = build_backbone(
+            cfg.backbone, norm=cfg.backbone_norm, trainable_stages=cfg.trainable_stages
+        )
         self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels)
         self.rpn_head = RPNHead(cfg.fpn_channels, cfg.num_anchors_per_location)
         self.box_head = BoxHead(cfg.fpn_channels, cfg.pool_size, cfg.box_representation, variant=cfg.box_head)
@@ -158,20 +168,30 @@ class MaskRCNN(nn.Module):
 
         canvas = tuple(batch.shape[-2:])
         proposals = propose(
-            objectness, rpn_deltas, anchors, [canvas] * len(images),
+            objectness,
+            rpn_deltas,
+            anchors,
+            [canvas] * len(images),
             num_anchors_per_level=per_level,
             pre_nms_top_n=cfg.rpn_pre_nms_train if training else cfg.rpn_pre_nms_test,
             post_nms_top_n=cfg.rpn_post_nms_train if training else cfg.rpn_post_nms_test,
-            nms_threshold=cfg.rpn_nms_threshold, min_size=cfg.rpn_min_size, per_level=cfg.rpn_per_level,
-            weights=cfg.rpn_weights, return_pre_nms=trace is not None,
-        )  # fmt: skip
+            nms_threshold=cfg.rpn_nms_threshold,
+            min_size=cfg.rpn_min_size,
+            per_level=cfg.rpn_per_level,
+            weights=cfg.rpn_weights,
+            return_pre_nms=trace is not None,
+        )
         if trace is not None:
-            record("proposals_pre_nms", [{"boxes": q["pre_nms_boxes"], "scores": q["pre_nms_scores"]}
-                                         for q in proposals])  # fmt: skip
+            record(
+                "proposals_pre_nms",
+                [{"boxes": q["pre_nms_boxes"], "scores": q["pre_nms_scores"]} for q in proposals],
+            )
         record("proposals", [{"boxes": q["boxes"], "scores": q["scores"]} for q in proposals])
 
         if training:
-            result = self._train_heads(levels[:4], anchors, objectness, rpn_deltas, proposals, gts, canvas, record)
+            result = self._train_heads(
+                levels[:4], anchors, objectness, rpn_deltas, proposals, gts, canvas, record
+            )
         else:
             result = self._detect(levels[:4], proposals, metas, canvas, record)
         return result
@@ -180,26 +200,40 @@ class MaskRCNN(nn.Module):
         cfg = self.config
         rpn_t = [
             rpn_targets(
-                anchors, gt["boxes"], gt.get("iscrowd"), positive_iou=cfg.rpn_positive_iou,
-                negative_iou=cfg.rpn_negative_iou, num_samples=cfg.rpn_batch_size,
-                positive_fraction=cfg.rpn_positive_fraction, weights=cfg.rpn_weights,
+                anchors,
+                gt["boxes"],
+                gt.get("iscrowd"),
+                positive_iou=cfg.rpn_positive_iou,
+                negative_iou=cfg.rpn_negative_iou,
+                num_samples=cfg.rpn_batch_size,
+                positive_fraction=cfg.rpn_positive_fraction,
+                weights=cfg.rpn_weights,
             )
             for gt in gts
-        ]  # fmt: skip
+        ]
         rpn_labels = torch.stack([t["labels"] for t in rpn_t])
         rpn_target_deltas = torch.stack([t["deltas"] for t in rpn_t])
         record("rpn_targets", {"labels": rpn_labels, "deltas": rpn_target_deltas})
 
         roi_t = [
             detection_targets(
-                q["boxes"], gt["boxes"], gt["labels"], gt["masks"], num_samples=cfg.rois_per_image,
-                positive_fraction=cfg.roi_positive_fraction, positive_iou=cfg.roi_positive_iou,
-                negative_iou=cfg.roi_negative_iou, add_gt_boxes=cfg.add_gt_boxes,
-                fill_with_negatives=cfg.fill_with_negatives, mask_size=cfg.mask_size, weights=cfg.box_weights,
-                gt_is_crowd=gt.get("iscrowd"), aligned=cfg.aligned,
+                q["boxes"],
+                gt["boxes"],
+                gt["labels"],
+                gt["masks"],
+                num_samples=cfg.rois_per_image,
+                positive_fraction=cfg.roi_positive_fraction,
+                positive_iou=cfg.roi_positive_iou,
+                negative_iou=cfg.roi_negative_iou,
+                add_gt_boxes=cfg.add_gt_boxes,
+                fill_with_negatives=cfg.fill_with_negatives,
+                mask_size=cfg.mask_size,
+                weights=cfg.box_weights,
+                gt_is_crowd=gt.get("iscrowd"),
+                aligned=cfg.aligned,
             )
-            for q, gt in zip(proposals, gts)
-        ]  # fmt: skip
+            for q, gt in zip(proposals, gts, strict=True)
+        ]
         record("roi_targets", roi_t)
         rois = [t["rois"] for t in roi_t]
         labels = torch.cat([t["labels"] for t in roi_t])
@@ -213,8 +247,9 @@ class MaskRCNN(nn.Module):
             "rpn_objectness": losses.rpn_objectness_loss(objectness, rpn_labels),
             "rpn_box": losses.rpn_box_loss(rpn_deltas, rpn_target_deltas, rpn_labels, beta=cfg.rpn_box_beta),
             "classifier": losses.classifier_loss(class_logits, labels),
-            "box_reg": losses.box_loss(box_deltas, labels, torch.cat([t["box_targets"] for t in roi_t]),
-                                       beta=cfg.box_beta),  # fmt: skip
+            "box_reg": losses.box_loss(
+                box_deltas, labels, torch.cat([t["box_targets"] for t in roi_t]), beta=cfg.box_beta
+            ),
             "mask": losses.mask_loss(mask_logits, labels[labels > 0], mask_targets),
         }
         record("losses", result)
@@ -225,27 +260,37 @@ class MaskRCNN(nn.Module):
         rois = [q["boxes"] for q in proposals]
         class_logits, box_deltas = self._box_branch(features, rois, canvas, record)
         detections, pre_nms = [], []
-        for logits, dl, r in zip(class_logits.split([len(r) for r in rois]),
-                                 box_deltas.split([len(r) for r in rois]), rois):  # fmt: skip
+        counts = [len(r) for r in rois]
+        for logits, dl, r in zip(class_logits.split(counts), box_deltas.split(counts), rois, strict=True):
             d = detect(
-                logits, dl, r, canvas, score_threshold=cfg.detection_min_confidence,
-                nms_threshold=cfg.detection_nms_threshold, max_detections=cfg.detection_max_instances,
-                weights=cfg.box_weights, candidates=cfg.detection_candidates, min_size=cfg.detection_min_size,
+                logits,
+                dl,
+                r,
+                canvas,
+                score_threshold=cfg.detection_min_confidence,
+                nms_threshold=cfg.detection_nms_threshold,
+                max_detections=cfg.detection_max_instances,
+                weights=cfg.box_weights,
+                candidates=cfg.detection_candidates,
+                min_size=cfg.detection_min_size,
                 return_pre_nms=True,
-            )  # fmt: skip
-            pre_nms.append({k[len("pre_nms_"):]: v for k, v in d.items() if k.startswith("pre_nms_")})
+            )
+            pre_nms.append({k[len("pre_nms_") :]: v for k, v in d.items() if k.startswith("pre_nms_")})
             detections.append({k: v for k, v in d.items() if not k.startswith("pre_nms_")})
         record("detections_pre_nms", pre_nms)
         record("detections", detections)
 
         mask_logits = self._mask_branch(features, [d["boxes"] for d in detections], canvas, record)
         results = []
-        for d, logits, meta in zip(detections, mask_logits.split([len(d["boxes"]) for d in detections]), metas):
+        per_image = mask_logits.split([len(d["boxes"]) for d in detections])
+        for d, logits, meta in zip(detections, per_image, metas, strict=True):
             # Each detection's mask is the channel of its own class (per-class masks, no competition).
             probs = logits[torch.arange(len(logits), device=logits.device), d["labels"]].sigmoid()
             boxes = unmold_boxes(d["boxes"], meta)
             masks = paste_masks(probs, boxes, meta.original_size)
-            results.append({"boxes": boxes, "labels": d["labels"], "scores": d["scores"], "masks": masks[:, None]})
+            results.append(
+                {"boxes": boxes, "labels": d["labels"], "scores": d["scores"], "masks": masks[:, None]}
+            )
         record("results", results)
         return results
 
@@ -253,10 +298,17 @@ class MaskRCNN(nn.Module):
     def _pool(self, features, rois, output_size, canvas):
         cfg = self.config
         return pyramid_roi_align(
-            features, rois, output_size, strides=cfg.backbone_strides[:4], sampling_ratio=cfg.sampling_ratio,
-            aligned=cfg.aligned, rounding=cfg.level_rounding, canonical_size=cfg.canonical_size,
-            method=cfg.roi_method, image_size=canvas,
-        )  # fmt: skip
+            features,
+            rois,
+            output_size,
+            strides=cfg.backbone_strides[:4],
+            sampling_ratio=cfg.sampling_ratio,
+            aligned=cfg.aligned,
+            rounding=cfg.level_rounding,
+            canonical_size=cfg.canonical_size,
+            method=cfg.roi_method,
+            image_size=canvas,
+        )
 
     def _box_branch(self, features, rois, canvas, record):
         pooled = self._pool(features, rois, self.config.pool_size, canvas)
@@ -280,9 +332,15 @@ class MaskRCNN(nn.Module):
         key = (shapes, levels[0].device)
         if key not in self._anchor_cache:
             self._anchor_cache[key] = pyramid_anchors(
-                cfg.anchor_scales, cfg.anchor_ratios, shapes, cfg.backbone_strides, anchor_stride=cfg.anchor_stride,
-                offset=cfg.anchor_offset, round_base=cfg.round_anchors, device=levels[0].device,
-            )  # fmt: skip
+                cfg.anchor_scales,
+                cfg.anchor_ratios,
+                shapes,
+                cfg.backbone_strides,
+                anchor_stride=cfg.anchor_stride,
+                offset=cfg.anchor_offset,
+                round_base=cfg.round_anchors,
+                device=levels[0].device,
+            )
         return self._anchor_cache[key]
 
     def mold(self, images: Sequence[torch.Tensor], targets=None):
@@ -292,16 +350,23 @@ class MaskRCNN(nn.Module):
         """
         cfg = self.config
         if targets is not None and len(targets) != len(images):
-            raise ValueError(f"targets must have one dict per image: {len(targets)} targets for {len(images)} images")
+            raise ValueError(
+                f"targets must have one dict per image: {len(targets)} targets for {len(images)} images"
+            )
         molded, metas, gts = [], [], []
         for i, image in enumerate(images):
             im, meta = resize_image(image, mode=cfg.resize_mode, min_dim=cfg.min_dim, max_dim=cfg.max_dim)
             molded.append(normalize_image(im, cfg.pixel_mean, cfg.pixel_std))
             metas.append(meta)
             if targets is not None:
-                t = validate_target(image, targets[i], name=f"targets[{i}]", num_classes=self.config.num_classes)
-                gt = {"boxes": resize_boxes(t["boxes"].float(), meta), "labels": t["labels"],
-                      "masks": resize_masks(t["masks"], meta)}  # fmt: skip
+                t = validate_target(
+                    image, targets[i], name=f"targets[{i}]", num_classes=self.config.num_classes
+                )
+                gt = {
+                    "boxes": resize_boxes(t["boxes"].float(), meta),
+                    "labels": t["labels"],
+                    "masks": resize_masks(t["masks"], meta),
+                }
                 if "iscrowd" in t:
                     gt["iscrowd"] = t["iscrowd"].bool()
                 gts.append(gt)

@@ -51,7 +51,7 @@ import torch
 
 from ._checks import check_boxes, check_tensor
 from ._tv import torchvision_ops
-from .boxes import box_area, box_iou
+from .boxes import box_iou, matched_box_iou
 
 __all__ = ["nms_loop", "nms", "batched_nms"]
 
@@ -105,24 +105,6 @@ def nms_loop(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) ->
         suppressed = iou > iou_threshold  # ...and removes every box it overlaps too much
         order = rest[~suppressed]
     return torch.stack(keep) if keep else _empty(boxes.device)
-
-
-def _matched_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """IoU of ``boxes1[e]`` with ``boxes2[e]`` for each e: ``box_iou(boxes1, boxes2).diagonal()`` without the
-    ``E x E`` matrix. boxes1, boxes2: ``[E, 4]``; returns ``[E]``.
-
-    It performs box_iou's float operations in box_iou's order, so each value is bit-identical to the one
-    :func:`nms_loop` compares (``tests/test_nms.py`` checks this); keep the two in step.
-    """
-    area1, area2 = box_area(boxes1), box_area(boxes2)
-    top_left = torch.maximum(boxes1[:, :2], boxes2[:, :2])
-    bottom_right = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    union = area1 + area2 - inter
-    return torch.where(
-        union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter)
-    )
 
 
 def _prefilter_is_safe(boxes: torch.Tensor, iou_threshold: float) -> bool:
@@ -224,7 +206,7 @@ def _nms_sparse(
         g = groups.index_select(0, order).index_select(0, ranks)
         a, b = _select(g.index_select(0, a) == g.index_select(0, b), a, b)
     a, b = ranks.index_select(0, a), ranks.index_select(0, b)
-    iou = _matched_iou(ranked.index_select(0, a), ranked.index_select(0, b))
+    iou = matched_box_iou(ranked.index_select(0, a), ranked.index_select(0, b))
     a, b = _select(iou > iou_threshold, a, b)
     winner, loser = torch.minimum(a, b), torch.maximum(a, b)
 

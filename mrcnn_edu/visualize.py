@@ -40,7 +40,7 @@ from matplotlib.patches import PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
 
 from ._checks import check_boxes, check_tensor
-from .model import LOSS_NAMES
+from .losses import LOSS_NAMES
 
 __all__ = [
     "instance_colors",
@@ -132,15 +132,16 @@ def _masks_to_numpy(masks, n: int, size: tuple[int, int], threshold: float) -> n
     return (masks if masks.dtype == torch.bool else masks >= threshold).numpy()
 
 
-def _names(labels: torch.Tensor | None, class_names, n: int) -> list[str]:
-    """Caption text of each label: its class name when known, else the number."""
-    if labels is None:
-        return [""] * n
-    out = []
-    for label in labels.tolist():
-        known = class_names is not None and 0 <= label < len(class_names)
-        out.append(str(class_names[label]) if known else str(label))
-    return out
+def _captions(labels: torch.Tensor | None, scores: torch.Tensor | None, class_names, n: int) -> list[str]:
+    """Each instance's caption, ``"label score"``: the class name when known (else the label number), the
+    score with two decimals; ``""`` when there are neither labels nor scores."""
+    names = [""] * n
+    if labels is not None:
+        known = len(class_names) if class_names is not None else 0
+        names = [str(class_names[v]) if 0 <= v < known else str(v) for v in labels.tolist()]
+    if scores is None:
+        return names
+    return [f"{name} {s:.2f}".strip() for name, s in zip(names, scores.tolist(), strict=True)]
 
 
 def _new_axes(height: int, width: int, ax: Axes | None, inches: float = 5.0) -> Axes:
@@ -170,9 +171,8 @@ def _show_image(ax: Axes, pixels: np.ndarray, title: str | None) -> None:
 # ---------------------------------------------------------------------------------------------- drawing
 def _draw_boxes(ax: Axes, boxes: np.ndarray, colors, captions=None, *, linewidth: float = 1.5,
                 linestyle: str = "-", image_height: int | None = None) -> None:  # fmt: skip
-    """Rectangles (and optional captions) for ``boxes`` ``[N, 4]`` pixel xyxy; the one box-drawing routine.
-
-    A caption sits just above its box, or inside the box's top when the box touches the top of the image.
+    """Rectangles (and captions, where not empty) for ``boxes`` ``[N, 4]`` pixel xyxy; the one box-drawing
+    routine. A caption sits just above its box, or inside the box's top when the box touches the image's top.
     """
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         color = to_rgb(colors[i])
@@ -280,10 +280,7 @@ def draw_instances(
             codes = np.tile([MplPath.MOVETO, MplPath.LINETO], len(segments))
             ax.add_artist(PathPatch(MplPath(segments.reshape(-1, 2), codes), fill=False, edgecolor=color,
                                    linewidth=1.0, capstyle="projecting"))  # fmt: skip
-    captions = _names(labels, class_names, n)
-    if scores is not None:
-        captions = [f"{c} {s:.2f}".strip() for c, s in zip(captions, scores.tolist(), strict=True)]
-    _draw_boxes(ax, box_array, colors, captions, image_height=h)
+    _draw_boxes(ax, box_array, colors, _captions(labels, scores, class_names, n), image_height=h)
     return ax
 
 
@@ -310,13 +307,9 @@ def show_boxes(
     labels = _vector("labels", labels, n, "int")
     scores = _vector("scores", scores, n, "float")
     colors = instance_colors(n) if color is None else [color] * n
-    captions = None
-    if labels is not None or scores is not None:
-        captions = _names(labels, class_names, n)
-        if scores is not None:
-            captions = [f"{c} {s:.2f}".strip() for c, s in zip(captions, scores.tolist(), strict=True)]
     ax = _new_axes(*pixels.shape[:2], ax)
     _show_image(ax, pixels, title)
+    captions = _captions(labels, scores, class_names, n)
     _draw_boxes(ax, box_array, colors, captions, linestyle=linestyle, image_height=pixels.shape[0])
     return ax
 
@@ -367,6 +360,7 @@ def _keep_scores(result: Mapping, score_threshold: float) -> dict:
     for key in ("boxes", "labels", "scores"):
         if key not in result:
             raise ValueError(f"result must be a model result with boxes, labels and scores, missing {key!r}")
+    check_tensor("result['scores']", result["scores"], ndim=1, kind="float")
     keep = result["scores"].detach().cpu() >= score_threshold
     if keep.all():  # no copy of the (possibly large) masks
         return {k: result[k].detach().cpu() for k in ("boxes", "labels", "scores", "masks") if k in result}
@@ -436,23 +430,23 @@ def compare_figure(
     if max_images < 1:
         raise ValueError(f"max_images must be >= 1, got {max_images}")
     count = min(len(images), max_images)
-    palette = instance_colors(max(len(class_names or ()), 1))
+    kept = [_keep_scores(p, score_threshold) for p in predictions[:count]]
+    shown_labels = [int(v) for d in [*targets[:count], *kept] for v in d["labels"].tolist()]
+    palette = instance_colors(max(len(class_names or ()), max(shown_labels, default=0) + 1))
 
     def class_colors(labels: torch.Tensor) -> list:
-        return [palette[int(v) % len(palette)] for v in labels.tolist()]
+        return [palette[v] for v in labels.tolist()]
 
     fig = Figure(figsize=(2.6 * count, 5.4), layout="constrained")
     axes = fig.subplots(2, count, squeeze=False)
     for j in range(count):
-        image, target = images[j], targets[j]
-        kept = _keep_scores(predictions[j], score_threshold)
-        gt_labels = target["labels"]
-        draw_instances(image, target["boxes"], gt_labels, None, target.get("masks"), class_names,
-                       ax=axes[0, j], title=f"image {j}: ground truth ({len(gt_labels)})",
-                       colors=class_colors(gt_labels))  # fmt: skip
-        draw_instances(image, kept["boxes"], kept["labels"], kept["scores"], kept.get("masks"), class_names,
-                       ax=axes[1, j], title=f"prediction ({len(kept['labels'])} >= {score_threshold:g})",
-                       colors=class_colors(kept["labels"]))  # fmt: skip
+        image, gt, pred = images[j], targets[j], kept[j]
+        draw_instances(image, gt["boxes"], gt["labels"], None, gt.get("masks"), class_names, ax=axes[0, j],
+                       title=f"image {j}: ground truth ({len(gt['labels'])})",
+                       colors=class_colors(gt["labels"]))  # fmt: skip
+        draw_instances(image, pred["boxes"], pred["labels"], pred["scores"], pred.get("masks"), class_names,
+                       ax=axes[1, j], title=f"prediction ({len(pred['labels'])} >= {score_threshold:g})",
+                       colors=class_colors(pred["labels"]))  # fmt: skip
     if path is not None:
         fig.savefig(Path(path))
     return fig

@@ -36,6 +36,15 @@ from mrcnn_edu.train import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's ops are too small to share across threads: on a busy CPU, one thread is ~5x faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_config(**changes) -> Config:
     base = dict(
         steps=4, batch_size=2, lr=0.01, warmup_steps=2, min_dim=64, max_dim=64,
@@ -65,7 +74,7 @@ def test_lr_cosine_with_warmup_at_key_steps():
     assert lr_at(110, c) == pytest.approx(0.0, abs=1e-15)
     rates = [lr_at(s, c) for s in range(110)]
     assert all(a < b for a, b in zip(rates[:10], rates[1:11], strict=True))  # warm-up increases
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=True))  # then never increases
+    assert all(a >= b for a, b in zip(rates[10:-1], rates[11:], strict=True))  # then never increases
 
 
 def test_lr_step_schedule_decays_at_two_thirds_and_eight_ninths():

@@ -245,6 +245,27 @@ def test_compare_figure_layout_and_png(tmp_path):
     assert png[..., :3].std() > 0.05  # not a blank canvas
 
 
+def test_compare_figure_without_class_names_colours_by_label():
+    images, targets, preds = _shapes_batch(4)
+    fig = V.compare_figure(images, targets, preds, class_names=())
+    labels = [v for t in targets for v in t["labels"].tolist()]
+    colours = {}
+    for ax, t in zip(fig.axes[:4], targets, strict=True):
+        assert texts(ax) == [str(v) for v in t["labels"].tolist()]  # numbers stand in for names
+        for r, v in zip(rectangles(ax), t["labels"].tolist(), strict=True):
+            colours.setdefault(v, set()).add(r.get_edgecolor())
+    assert all(len(c) == 1 for c in colours.values())  # one colour per class...
+    assert len({next(iter(c)) for c in colours.values()}) == len(set(labels))  # ...distinct across classes
+
+
+def test_caption_above_the_box_or_inside_at_the_top_edge():
+    ax = V.show_boxes(gray_image(), torch.tensor([[2.0, 0.0, 6.0, 4.0], [2.0, 8.0, 6.0, 12.0]]),
+                      labels=torch.tensor([2, 1]), class_names=CLASS_NAMES)  # fmt: skip
+    assert texts(ax) == ["circle", "square"]
+    assert [t.get_va() for t in ax.texts] == ["top", "bottom"]
+    assert [t.get_position() for t in ax.texts] == [(1.5, -0.5), (1.5, 7.5)]
+
+
 def test_compare_figure_bad_lengths():
     images, targets, preds = _shapes_batch(2)
     with pytest.raises(ValueError, match="targets"):
