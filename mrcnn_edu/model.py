@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from . import losses
-from .losses import LOSS_NAMES
 from .anchors import concat_levels, pyramid_anchors
 from .backbone import build_backbone
 from .config import Config
@@ -46,6 +45,7 @@ from .detection import detect
 from .detection_targets import detection_targets
 from .fpn import FPN
 from .heads import BoxHead, BoxPredictor, MaskHead, RPNHead
+from .losses import LOSS_NAMES
 from .masks import paste_masks
 from .molding import batch_images, normalize_image, resize_boxes, resize_image, resize_masks, unmold_boxes
 from .proposals import propose
