@@ -28,9 +28,11 @@ A checkpoint therefore needs only the model, the optimizer (momentum buffers), t
 gradient scaler. On CPU resumption is bit-exact; on GPU it is as exact as the kernels are deterministic.
 
 **Matterport vs torchvision.** matterport trains with SGD (momentum 0.9, weight decay 1e-4 on the weights,
-gradient clipping at norm 5, no warm-up, step decay by hand between its "heads" / "all" stages); torchvision's
-reference recipe uses SGD with a linear warm-up from 0.001 x lr over 1000 steps, then x0.1 at 2/3 and 8/9 of
-training, and no clipping. Both are ``config`` values here: ``warmup_steps``, ``schedule``, ``grad_clip``.
+gradient clipping at norm 5, no warm-up, the rate lowered by hand between its "heads" and "all" stages).
+torchvision's reference script uses SGD with a linear warm-up from 0.001 x lr over the first 1000 steps,
+no clipping, and x0.1 decays at epochs 16 and 22 of 26; Detectron's "1x" COCO schedule decays at 60k and 80k
+of 90k steps, i.e. at 2/3 and 8/9 of training, which is ``schedule="step"`` here. All of these are ``config``
+values: ``warmup_steps``, ``schedule``, ``grad_clip``, ``lr``, ``momentum``, ``weight_decay``.
 
 **Several GPUs.** Started by ``torchrun --nproc_per_node=G``, each process trains on ``batch_size / G``
 images of every step (the same global batch as one process, split by rank), gradients are averaged by
@@ -101,7 +103,7 @@ def lr_at(step: int, config: Config) -> float:
     - ``"cosine"``: ``lr * (1 + cos(pi * t)) / 2`` with ``t`` going from 0 at the end of the warm-up to 1 at
       ``config.steps`` (so the last step runs at a small but non-zero rate);
     - ``"step"``: ``lr``, then ``0.1 * lr`` from step ``2/3 * steps`` and ``0.01 * lr`` from ``8/9 * steps``
-      (torchvision's 26-epoch recipe: decays at epochs 16 and 22 of 26 are close to these fractions).
+      (Detectron's 1x schedule: 60k and 80k of 90k steps).
     """
     steps, warmup = config.steps, config.warmup_steps
     if step < 0:
@@ -215,6 +217,11 @@ def _autocast(amp: str, device: torch.device):
     if amp == "none" or device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _grad_scaler():
+    """fp16 loss scaling (``torch.amp.GradScaler`` from torch 2.3, ``torch.cuda.amp`` before)."""
+    return torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
 
 
 def train_step(
@@ -572,15 +579,11 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
     """:func:`train` once the arguments are checked and the processes are set up."""
     per_epoch = steps_per_epoch(len(train_set), config.batch_size)
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
-    say = print if progress and proc.is_main else (lambda *a, **k: None)
-    if config.amp != "none" and device.type != "cuda":
-        say(f"note: amp={config.amp!r} is ignored on {device.type}; training in float32")
-
     # --- model, optimizer, and where to start
     torch.manual_seed(config.seed)  # the same initial weights on every process
     model = (model if model is not None else MaskRCNN(config)).to(device)
     optimizer = make_optimizer(model, config)
-    scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" and device.type == "cuda" else None
+    scaler = _grad_scaler() if config.amp == "fp16" and device.type == "cuda" else None
     start, best_metric, seconds_before = 0, None, 0.0
     if resume:
         state = load_checkpoint(last_path, map_location=device)
@@ -593,7 +596,6 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
         set_rng_state(state["rng"])  # python / numpy, for data set transforms that use them
         if proc.is_main:
             _truncate_metrics(metrics_path, start)
-        say(f"resuming {str(last_path)!r} at step {start} of {config.steps}")
     elif proc.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=1) + "\n")
@@ -607,6 +609,10 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
         collate_fn=collate, num_workers=num_workers, pin_memory=device.type == "cuda",
     )  # fmt: skip
     report = _Reporter(progress and proc.is_main, start, config.steps)
+    if config.amp != "none" and device.type != "cuda":
+        report.say(f"note: amp={config.amp!r} is ignored on {device.type}; training in float32")
+    if resume:
+        report.say(f"resuming {str(last_path)!r} at step {start} of {config.steps}")
 
     t0 = time.perf_counter()
     step, stopped, last_losses, last_val = start, "completed", None, None
@@ -640,25 +646,24 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
         if proc.world_size > 1:
             dist.barrier()
 
+    net.train()  # (validation puts the model back in train mode when it is done)
     try:
         for images, targets in loader:
             images, targets = _to_device(images, targets, device)
             torch.manual_seed(_step_seed(config.seed, step, proc.rank))  # the model's sampling at this step
-            net.train()
             last_losses = train_step(net, images, targets, optimizer, step, config, scaler)
             step += 1  # steps completed
+            out_of_time = max_minutes is not None and _any_rank(
+                time.perf_counter() - t0 > 60 * max_minutes, proc, device
+            )
 
             record = None
-            if proc.is_main and (step % log_every == 0 or step == config.steps):
+            if proc.is_main and (step % log_every == 0 or step == config.steps or out_of_time):
                 record = {"step": step, "epoch": math.ceil(step / per_epoch), "lr": last_losses["lr"],
                           **{k: last_losses[k] for k in (*LOSS_NAMES, "total", "grad_norm")},
                           "seconds": round(seconds_before + time.perf_counter() - t0, 3)}  # fmt: skip
                 _append_metrics(metrics_path, record)
             report.step(record)
-
-            out_of_time = max_minutes is not None and _any_rank(
-                time.perf_counter() - t0 > 60 * max_minutes, proc, device
-            )
             if step % per_epoch == 0 or step == config.steps or out_of_time:
                 end_of_epoch(with_validation=eval_every_epoch or step == config.steps or out_of_time)
             if out_of_time and step < config.steps:
