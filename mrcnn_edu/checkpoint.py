@@ -8,37 +8,31 @@ safe to rely on during a long run:
   Ctrl-C during the save leaves the previous checkpoint untouched, never a half-written one.
 - **Safe loads.** :func:`load_checkpoint` uses ``torch.load(weights_only=True)``, which refuses to run
   arbitrary pickled code, so a checkpoint holds only tensors and plain Python values (dicts, lists, tuples,
-  numbers, strings, None). The config is therefore stored as a dict (:func:`config_to_dict`) and rebuilt
-  with :func:`config_from_dict`.
+  numbers, strings, None). The config is therefore stored as a dict (``Config.to_dict``) and rebuilt
+  with ``Config.from_dict``.
 
 The training loop (``mrcnn_edu.train``) stores::
 
     {"format": FORMAT, "model": model state dict, "optimizer": optimizer state dict,
      "scaler": GradScaler state dict or None, "step": steps done, "epoch": epochs started,
-     "config": config_to_dict(config), "best_metric": float or None, "rng": rng_state()}
+     "config": config.to_dict(), "best_metric": float or None, "rng": rng_state()}
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import random
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import Config
-
 __all__ = [
     "FORMAT",
     "save_checkpoint",
     "load_checkpoint",
-    "config_to_dict",
-    "config_from_dict",
     "rng_state",
     "set_rng_state",
 ]
@@ -98,27 +92,6 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
 
 # ------------------------------------------------------------------------------------------ config
-
-
-def config_to_dict(config: Config) -> dict:
-    """The config as a plain dict (tuples become lists, as they would in JSON)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-
-
-def config_from_dict(d: dict) -> Config:
-    """Rebuild a :class:`Config` from :func:`config_to_dict`'s dict (or one read back from JSON).
-
-    Lists become tuples again. Fields missing from ``d`` (a checkpoint from an older version) take their
-    defaults; fields unknown to this version are dropped with a warning.
-    """
-    if not isinstance(d, dict):
-        raise ValueError(f"config must be a dict, got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        warnings.warn(f"config: ignoring fields unknown to this version: {unknown}", UserWarning,
-                      stacklevel=2)
-    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
 
 
 # ------------------------------------------------------------------------------------------ random state

@@ -144,13 +144,14 @@ def cmd_demo(args) -> int:
     start = time.perf_counter()
     config = Config.preset("shapes").override(*args.set)
     train_set, val_set, class_names = _datasets(args, config)
-    out = Path(args.out)
+    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     print(
-        f"demo: training the shapes preset on {len(train_set)} generated images for at most "
-        f"{config.steps} steps / {args.minutes} minutes; {len(val_set)} held-out images for evaluation"
+        f"demo: training the shapes preset from scratch on {len(train_set)} generated images "
+        f"({config.steps} steps of {config.batch_size}, at most {args.minutes} min); "
+        f"{len(val_set)} held-out images for evaluation; output in {out}/"
     )
-    train(config, train_set, None, out_dir=out, max_minutes=args.minutes)
-    model = _load_model(out / "last.pt")
+    summary = train(config, train_set, None, out_dir=out, max_minutes=args.minutes)
+    model = summary["model"].eval()
     results = _report(model, val_set, class_names, out, "demo")
     items = [val_set[i] for i in range(8)]
     predictions, targets = _predict_all(model, items)
@@ -159,8 +160,9 @@ def cmd_demo(args) -> int:
     )
     minutes = (time.perf_counter() - start) / 60
     print(
-        f"demo: mask AP@0.5 {results['segm']['AP50']:.3f} (COCO segm AP50) on {len(val_set)} held-out images,"
-        f" {minutes:.1f} min in all; figures in {out}/"
+        f"demo: mask AP@0.5 = {results['segm']['AP50']:.3f} (COCO segm AP50) on {len(val_set)} held-out "
+        f"images after {summary['steps']} steps; {minutes:.1f} min in all.\n"
+        f"Figures: {out}/demo_predictions.png, {out}/loss_curve.png, {out}/demo_pr.png"
     )
     return 0
 
@@ -177,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train shapes on CPU, evaluate on held-out shapes, write figures")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--minutes", type=float, default=8.0, help="training time budget")
+    p.add_argument(
+        "--minutes", type=float, default=8.0, help="training time budget (stops early, keeps the model)"
+    )
     p.add_argument("--train-images", type=int, default=4000)
     p.add_argument("--val-images", type=int, default=100)
     p.add_argument(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import warnings
 from dataclasses import dataclass, fields
 
 from .data.shapes import CLASS_NAMES
@@ -62,20 +63,21 @@ class Config:
     rpn_box_beta: float = 1.0 / 9
 
     # proposal layer (proposals.py)
-    rpn_pre_nms_train: int = 6000
-    rpn_pre_nms_test: int = 6000
-    rpn_post_nms_train: int = 2000
-    rpn_post_nms_test: int = 1000
+    # 128x128 shapes: 4092 anchors, at most 4 objects (matterport / torchvision values: see the presets)
+    rpn_pre_nms_train: int = 1000
+    rpn_pre_nms_test: int = 1000
+    rpn_post_nms_train: int = 300
+    rpn_post_nms_test: int = 300
     rpn_nms_threshold: float = 0.7
     rpn_per_level: bool = False  # False: joint top-k (matterport); True: per level (torchvision)
     rpn_min_size: float = 0.0
 
     # detection targets (detection_targets.py)
-    rois_per_image: int = 200  # TRAIN_ROIS_PER_IMAGE / batch_size_per_image
+    rois_per_image: int = 32  # TRAIN_ROIS_PER_IMAGE (matterport 200, its shapes example 32) / torchvision 512
     roi_positive_fraction: float = 0.33
     roi_positive_iou: float = 0.5
     roi_negative_iou: float = 0.5
-    add_gt_boxes: bool = False  # torchvision appends the GT boxes to the proposals
+    add_gt_boxes: bool = True  # torchvision appends the GT boxes to the proposals; matterport does not
     fill_with_negatives: bool = False  # torchvision fills the ROI batch with negatives
     box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)  # 1 / BBOX_STD_DEV
     box_beta: float = 1.0 / 9
@@ -92,7 +94,7 @@ class Config:
     # heads (heads.py)
     box_head: str = "mlp"  # mlp (torchvision TwoMLPHead) | conv (matterport)
     box_representation: int = 256  # 1024 in both reference implementations
-    mask_conv_channels: int = 64  # 256 in both reference implementations
+    mask_conv_channels: int = 32  # 256 in both reference implementations
 
     # detection layer (detection.py)
     detection_min_confidence: float = 0.7
@@ -128,9 +130,21 @@ class Config:
 
     @staticmethod
     def from_dict(values: dict) -> Config:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take the defaults."""
+        """Inverse of :meth:`to_dict` (also for a dict read back from JSON or a checkpoint).
+
+        Fields missing from ``values`` (a checkpoint from an older version) take their defaults; fields
+        unknown to this version are dropped with a warning that names them.
+        """
+        if not isinstance(values, dict):
+            raise ValueError(f"config must be a dict, got {type(values).__name__}")
+        known = {f.name for f in fields(Config)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            warnings.warn(
+                f"config: ignoring fields unknown to this version: {unknown}", UserWarning, stacklevel=2
+            )
         tuples = {f.name for f in fields(Config) if str(f.type).startswith("tuple")}
-        return Config().replace(**{k: tuple(v) if k in tuples else v for k, v in values.items()})
+        return Config(**{k: tuple(v) if k in tuples else v for k, v in values.items() if k in known})
 
     def replace(self, **changes) -> Config:
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
@@ -176,8 +190,12 @@ PRESETS: dict[str, Config] = {
         anchor_scales=(32, 64, 128, 256, 512),
         rpn_weights=(10.0, 10.0, 5.0, 5.0),
         rpn_box_beta=1.0,
+        rpn_pre_nms_train=6000,
+        rpn_pre_nms_test=6000,
         rpn_post_nms_train=2000,
         rpn_post_nms_test=1000,
+        rois_per_image=200,
+        add_gt_boxes=False,
         aligned=False,
         box_head="conv",
         box_representation=1024,

@@ -61,8 +61,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import (
     FORMAT,
-    config_from_dict,
-    config_to_dict,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -351,7 +349,7 @@ def save_state(
         "scaler": scaler.state_dict() if scaler is not None else None,
         "step": int(step),
         "epoch": int(epoch),
-        "config": config_to_dict(config),
+        "config": config.to_dict(),
         "best_metric": best_metric,
         "seconds": float(seconds),
         "rng": rng_state(),
@@ -480,8 +478,9 @@ class _Reporter:
         if self.bar is not None:
             self.bar.update(1)
             if record is not None:
+                short = {"rpn_objectness": "rpn_obj", "classifier": "cls", "box_reg": "box"}
                 self.bar.set_postfix({"loss": f"{record['total']:.3f}", "lr": f"{record['lr']:.2g}"}
-                                     | {k: f"{record[k]:.3f}" for k in LOSS_NAMES})  # fmt: skip
+                                     | {short.get(k, k): f"{record[k]:.3f}" for k in LOSS_NAMES})  # fmt: skip
         elif self.enabled and record is not None:
             parts = " ".join(f"{k} {record[k]:.4f}" for k in LOSS_NAMES)
             print(f"step {record['step']} epoch {record['epoch']} lr {record['lr']:.3g} "
@@ -598,7 +597,7 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
             _truncate_metrics(metrics_path, start)
     elif proc.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=1) + "\n")
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
         metrics_path.write_text("")
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if proc.world_size > 1 else model  # fmt: skip
@@ -699,8 +698,8 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
 
 
 def _warn_config_changes(saved: dict, config: Config) -> None:
-    changed = sorted(k for k, v in config_to_dict(config).items() if saved.get(k) != v)
+    changed = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v)
     if changed:
-        old = config_from_dict(saved)
+        old = Config.from_dict(saved)
         details = ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}" for k in changed)
         warnings.warn(f"resuming with a changed config ({details})", UserWarning, stacklevel=3)

@@ -12,8 +12,6 @@ import torch
 
 from mrcnn_edu import checkpoint
 from mrcnn_edu.checkpoint import (
-    config_from_dict,
-    config_to_dict,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -101,22 +99,22 @@ def test_missing_checkpoint_names_the_file(tmp_path):
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_config_round_trip_through_a_checkpoint_and_json(tmp_path, name):
     config = Config.preset(name, seed=5, anchor_ratios=(0.5, 1.0, 2.0, 3.0))
-    d = config_to_dict(config)
+    d = config.to_dict()
     assert isinstance(d["anchor_scales"], list)  # plain values only
     save_checkpoint(tmp_path / "c.pt", {"config": d})
-    assert config_from_dict(load_checkpoint(tmp_path / "c.pt")["config"]) == config
-    assert config_from_dict(json.loads(json.dumps(d))) == config
+    assert Config.from_dict(load_checkpoint(tmp_path / "c.pt")["config"]) == config
+    assert Config.from_dict(json.loads(json.dumps(d))) == config
 
 
 def test_config_from_dict_old_and_new_fields():
-    d = config_to_dict(Config(lr=0.5))
+    d = Config(lr=0.5).to_dict()
     del d["seed"]  # a checkpoint from before the field existed: default
     d["field_from_the_future"] = 3
     with pytest.warns(UserWarning, match="field_from_the_future"):
-        config = config_from_dict(d)
+        config = Config.from_dict(d)
     assert config.lr == 0.5 and config.seed == Config().seed
     with pytest.raises(ValueError, match="config"):
-        config_from_dict([1, 2])
+        Config.from_dict([1, 2])
 
 
 def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
