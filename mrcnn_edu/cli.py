@@ -167,12 +167,6 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_export_shapes(args) -> int:
-    from .data.export import main as export_main
-
-    return export_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrcnn-edu", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,13 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export-shapes", help="write generated shapes as COCO json + PNGs", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_export_shapes)
+    # Listed for --help; its own arguments are parsed by mrcnn_edu.data.export.main (see main below).
+    sub.add_parser("export-shapes", help="write generated shapes as COCO json + PNGs", add_help=False)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export-shapes"]:
+        from .data.export import main as export_main
+
+        return export_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 
