@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice, one per core)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model")
@@ -194,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images-dir", dest="train_images_dir")
     p.add_argument("--coco", help="COCO json of the validation set")
     p.add_argument("--images", help="image folder of the validation set")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice, one per core)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="COCO AP (bbox, segm) and VOC AP@0.5 of a checkpoint")
@@ -216,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_threads(args) -> None:
+    threads = getattr(args, "threads", None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["export-shapes"]:
@@ -223,6 +243,7 @@ def main(argv=None) -> int:
 
         return export_main(argv[1:])
     args = build_parser().parse_args(argv)
+    _set_threads(args)
     return args.func(args)
 
 

@@ -176,6 +176,15 @@ def _rois(input: torch.Tensor, boxes, name: str = "boxes") -> torch.Tensor:
     return rois
 
 
+def _check_pool_args(input, boxes, output_size, spatial_scale):
+    """The arguments shared by :func:`roi_align`, :func:`roi_align_loop` and :func:`roi_pool`, checked in
+    signature order: returns ``(rois [K, 5], oh, ow, spatial_scale)`` (rois as :func:`_rois` gives them)."""
+    _check_features("input", input)
+    rois = _rois(input, boxes)
+    oh, ow = _pair("output_size", output_size)
+    return rois, oh, ow, _check_scale(spatial_scale)
+
+
 # --------------------------------------------------------------------------------------------------------
 # readable RoIAlign
 
@@ -220,10 +229,7 @@ def roi_align_loop(
     use it on a handful of small boxes. The arithmetic is done in ``input``'s dtype, in the same order as
     torchvision's kernel, so float32 results agree with the compiled kernels to rounding.
     """
-    _check_features("input", input)
-    rois = _rois(input, boxes)
-    oh, ow = _pair("output_size", output_size)
-    scale = _check_scale(spatial_scale)
+    rois, oh, ow, scale = _check_pool_args(input, boxes, output_size, spatial_scale)
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
     offset = 0.5 if aligned else 0.0  # feature cell c has its value at c + 0.5 in box coordinates
     if input.shape[-2] == 0 or input.shape[-1] == 0:  # on an empty map every sample is outside: zeros
@@ -391,10 +397,7 @@ def roi_align(
     with weight-0 samples); a ``torch.channels_last`` input skips the copy. On CUDA, where torchvision's
     compiled ops load, the call is delegated to them.
     """
-    _check_features("input", input)
-    rois = _rois(input, boxes)
-    oh, ow = _pair("output_size", output_size)
-    scale = _check_scale(spatial_scale)
+    rois, oh, ow, scale = _check_pool_args(input, boxes, output_size, spatial_scale)
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
     _, c, h, w = input.shape
     k = rois.shape[0]
@@ -537,10 +540,7 @@ def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0
     gives 0.
     Vectorised: every bin is a bag of its cells reduced by ``embedding_bag(mode="max")``.
     """
-    _check_features("input", input)
-    rois = _rois(input, boxes)
-    oh, ow = _pair("output_size", output_size)
-    scale = _check_scale(spatial_scale)
+    rois, oh, ow, scale = _check_pool_args(input, boxes, output_size, spatial_scale)
     _, c, h, w = input.shape
     k = rois.shape[0]
     if k == 0 or c == 0 or h == 0 or w == 0:  # on an empty map every bin is empty: zeros

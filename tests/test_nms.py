@@ -10,9 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mrcnn_edu import nms as nms_module
+from mrcnn_edu import references
 from mrcnn_edu._tv import torchvision_ops
 from mrcnn_edu.boxes import box_iou, matched_box_iou
 from mrcnn_edu.nms import batched_nms, nms, nms_loop
+from mrcnn_edu.references import onnx_nms
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 
@@ -34,40 +36,10 @@ def random_boxes(
     return torch.cat((centre - wh / 2, centre + wh / 2), dim=1).to(dtype)
 
 
-def onnx_nms_session(threshold: float):
-    """A one-node ONNX model running onnxruntime's compiled NonMaxSuppression (one batch, one class)."""
-    ort = pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
-    node = helper.make_node(
-        "NonMaxSuppression", ["boxes", "scores", "max_out", "iou"], ["selected"], center_point_box=0
-    )
-    graph = helper.make_graph(
-        [node],
-        "nms",
-        [
-            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, None, 4]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, None]),
-        ],
-        [helper.make_tensor_value_info("selected", TensorProto.INT64, [None, 3])],
-        initializer=[
-            helper.make_tensor("max_out", TensorProto.INT64, [1], [1 << 30]),
-            helper.make_tensor("iou", TensorProto.FLOAT, [1], [threshold]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
-    onnx.checker.check_model(model)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-def onnx_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    # center_point_box=0 means corners as (y1, x1, y2, x2).
-    yxyx = boxes[:, [1, 0, 3, 2]].numpy().astype(np.float32)[None]
-    selected = onnx_nms_session(threshold).run(
-        None, {"boxes": yxyx, "scores": scores.numpy().astype(np.float32)[None, None]}
-    )[0]
-    return torch.from_numpy(selected[:, 2].astype(np.int64))
+requires_onnxruntime = pytest.mark.skipif(
+    not references.available(),
+    reason="onnx / onnxruntime (the compiled NonMaxSuppression reference, in the test extra) do not import",
+)
 
 
 # --- nms == nms_loop -----------------------------------------------------------------------------------
@@ -157,6 +129,7 @@ def test_pairwise_iou_is_bit_identical_to_box_iou():
         assert torch.equal(matched_box_iou(b, a), expected)
 
 
+@requires_onnxruntime
 def test_benchmark_like_case_matches_loop_and_onnxruntime():
     # RPN-like proposals: many boxes of very different sizes over a whole image.
     gen = torch.Generator().manual_seed(1)
@@ -234,6 +207,7 @@ def test_non_finite_boxes_take_the_loop():
 # --- independent compiled references ------------------------------------------------------------------
 
 
+@requires_onnxruntime
 @pytest.mark.parametrize("threshold", THRESHOLDS)
 def test_matches_onnxruntime(threshold):
     for seed in range(12):

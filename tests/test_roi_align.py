@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import mrcnn_edu.roi_align as ra
+from mrcnn_edu import references
 from mrcnn_edu._tv import torchvision_ops
 from mrcnn_edu.boxes import to_matterport_normalized
+from mrcnn_edu.references import onnx_roi_align
 from mrcnn_edu.roi_align import (
     assign_fpn_levels,
     bilinear,
@@ -46,52 +48,19 @@ def random_rois(gen, k, batch, extent, max_size, outside=10.0, dtype=torch.float
 # ------------------------------------------------------------------ onnxruntime references
 
 
-def _ort():
-    return pytest.importorskip("onnxruntime", reason="onnxruntime is the compiled reference")
-
-
-@functools.cache
-def _ort_session(op: str, attrs: tuple):
-    ort = _ort()
-    from onnx import TensorProto, helper
-
-    inputs = ["X", "rois", "batch_indices"] if op == "RoiAlign" else ["X", "rois"]
-    node = helper.make_node(op, inputs, ["Y"], **dict(attrs))
-    types = {"X": TensorProto.FLOAT, "rois": TensorProto.FLOAT, "batch_indices": TensorProto.INT64}
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info(n, types[n], None) for n in inputs],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-def ort_roi_align(x, rois, output_size, spatial_scale, sampling_ratio, aligned) -> torch.Tensor:
-    attrs = (
-        ("mode", "avg"),
-        ("output_height", output_size[0]),
-        ("output_width", output_size[1]),
-        ("sampling_ratio", max(sampling_ratio, 0)),  # 0 = adaptive in ONNX
-        ("spatial_scale", float(spatial_scale)),
-        ("coordinate_transformation_mode", "half_pixel" if aligned else "output_half_pixel"),
-    )
-    feeds = {
-        "X": x.numpy(),
-        "rois": rois[:, 1:].contiguous().numpy(),
-        "batch_indices": rois[:, 0].long().numpy(),
-    }
-    return torch.from_numpy(_ort_session("RoiAlign", attrs).run(None, feeds)[0])
+requires_onnxruntime = pytest.mark.skipif(
+    not references.available(),
+    reason="onnx / onnxruntime (compiled RoiAlign / MaxRoiPool references, in the test extra) do not import",
+)
 
 
 def ort_max_roi_pool(x, rois, output_size, spatial_scale) -> torch.Tensor:
-    attrs = (("pooled_shape", tuple(output_size)), ("spatial_scale", float(spatial_scale)))
+    from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NoKernel
+
     try:
-        session = _ort_session("MaxRoiPool", attrs)
-    except Exception as err:  # pragma: no cover - depends on the onnxruntime build
+        return references.onnx_max_roi_pool(x, rois, output_size, spatial_scale)
+    except NoKernel as err:  # pragma: no cover - depends on the onnxruntime build
         pytest.skip(f"onnxruntime has no MaxRoiPool kernel: {err}")
-    return torch.from_numpy(session.run(None, {"X": x.numpy(), "rois": rois.numpy()})[0])
 
 
 # ------------------------------------------------------------------ roi_align: hand-computed
@@ -193,27 +162,27 @@ def test_bilinear_helper_hand_values():
 # ------------------------------------------------------------------ roi_align: compiled reference
 
 
+@requires_onnxruntime
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [-1, 1, 2, 3])
 def test_roi_align_matches_onnxruntime(aligned, sampling_ratio):
-    _ort()
     gen = torch.Generator().manual_seed(10 + sampling_ratio + 7 * aligned)
     x = torch.randn(3, 4, 13, 17, generator=gen)
     rois = random_rois(gen, 60, 3, (34.0, 26.0), 40.0)  # image size 2x the map
     for output_size in [(7, 7), (2, 5)]:
-        expected = ort_roi_align(x, rois, output_size, 0.5, sampling_ratio, aligned)
+        expected = onnx_roi_align(x, rois, output_size, 0.5, sampling_ratio, aligned)
         got = roi_align(x, rois, output_size, 0.5, sampling_ratio, aligned)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@requires_onnxruntime
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
 def test_roi_align_loop_matches_onnxruntime(aligned, sampling_ratio):
-    _ort()
     gen = torch.Generator().manual_seed(20 + sampling_ratio + 7 * aligned)
     x = torch.randn(2, 3, 9, 11, generator=gen)
     rois = random_rois(gen, 10, 2, (44.0, 36.0), 30.0)
-    expected = ort_roi_align(x, rois, (2, 3), 0.25, sampling_ratio, aligned)
+    expected = onnx_roi_align(x, rois, (2, 3), 0.25, sampling_ratio, aligned)
     got = roi_align_loop(x, rois, (2, 3), 0.25, sampling_ratio, aligned)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
@@ -380,8 +349,8 @@ def test_roi_pool_hand_values():
     assert roi_pool(img, rois_of((2.2, 2.2, 2.2, 2.2)), 1, spatial_scale=0.5).item() == 6.0
 
 
+@requires_onnxruntime
 def test_roi_pool_matches_onnxruntime_max_roi_pool(monkeypatch):
-    _ort()
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(2, 3, 10, 14, generator=gen)
     rois = random_rois(gen, 40, 2, (28.0, 20.0), 24.0, outside=4.0)

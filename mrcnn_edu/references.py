@@ -1,0 +1,239 @@
+"""Independent compiled reference kernels: onnxruntime's CPU kernels, used by the tests, the benchmarks and
+(later) the classroom exercise checks.
+
+A check is only worth something if the reference does not share code with what it checks. onnxruntime's
+``NonMaxSuppression``, ``RoiAlign`` and ``MaxRoiPool`` are compiled C++ kernels written to the ONNX operator
+specification, by other people, in another language; if :func:`mrcnn_edu.nms.nms` or
+:func:`mrcnn_edu.roi_align.roi_align` agrees with them on random inputs, both are very likely right.
+
+Each function here takes and returns torch tensors in this package's conventions (boxes ``(x1, y1, x2, y2)``
+in pixels, torchvision's argument order), translates them to the ONNX operator's conventions, and runs a
+one-node ONNX model in an onnxruntime ``InferenceSession``. The model and its session are built once per set
+of static attributes and thread count, then cached. The inputs are copied to the CPU as float32 (the type
+the models declare); results come back on the device of the input.
+
+``onnx`` and ``onnxruntime`` are imported only when a function here is called (they are in the ``test``
+extra: ``pip install 'mrcnn-edu[test]'``), so ``import mrcnn_edu`` never needs them; :func:`available` says
+whether they import.
+
+Threads: every function takes ``intra_op_num_threads`` (default 1; 0 lets onnxruntime choose, usually one
+per physical core). One thread is what the benchmarks compare with (onnxruntime's NonMaxSuppression is
+single-threaded anyway) and keeps the tests light on a shared machine; the results do not depend on it.
+
+Shape glossary
+    N: boxes given to NMS; K: boxes kept by NMS, or RoIs pooled
+    B: images in the batch; C: channels; H, W: feature-map height, width; oh, ow: output (pooled) size
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ._checks import check_tensor
+
+# Argument checks only, so that bad input gets the same errors as in the functions checked against these
+# kernels; the computation here is all onnxruntime's.
+from .nms import _check_args as _check_nms_args
+from .roi_align import _pair
+
+__all__ = ["available", "onnx_nms", "onnx_roi_align", "onnx_max_roi_pool"]
+
+# RoiAlign's coordinate_transformation_mode attribute appeared in opset 16; NonMaxSuppression and
+# MaxRoiPool are unchanged there since opsets 11 and 1.
+_OPSET = 16
+
+
+def _import_onnx():
+    """``(onnx, onnxruntime)``, or ImportError naming what is missing and where to get it."""
+    try:
+        import onnx
+    except ImportError as err:
+        raise ImportError(
+            "mrcnn_edu.references needs the 'onnx' package (in the test extra: pip install 'mrcnn-edu[test]')"
+        ) from err
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ImportError(
+            "mrcnn_edu.references needs the 'onnxruntime' package "
+            "(in the test extra: pip install 'mrcnn-edu[test]')"
+        ) from err
+    return onnx, onnxruntime
+
+
+@functools.cache
+def available() -> bool:
+    """True if ``onnx`` and ``onnxruntime`` import, i.e. the functions of this module can run."""
+    try:
+        _import_onnx()
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _session(op: str, inputs: tuple, output: tuple, attrs: tuple, threads: int):
+    """An onnxruntime CPU session for a one-node model ``op(*inputs) -> "Y"``.
+
+    inputs: ``(name, element type, rank)`` triples, e.g. ``("X", "FLOAT", 4)``; output: ``(element type,
+    rank)`` of ``"Y"``; attrs: ``(name, value)`` pairs of the node's static attributes. Cached on all
+    arguments.
+    """
+    onnx, ort = _import_onnx()
+    helper, types = onnx.helper, onnx.TensorProto
+    node = helper.make_node(op, [name for name, _, _ in inputs], ["Y"], **dict(attrs))
+
+    def value_info(name, kind, rank):  # every dimension dynamic
+        return helper.make_tensor_value_info(name, getattr(types, kind), [None] * rank)
+
+    graph = helper.make_graph([node], op, [value_info(*spec) for spec in inputs], [value_info("Y", *output)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+    onnx.checker.check_model(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # one node: nothing runs in parallel between ops
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _numpy(t: torch.Tensor, dtype: torch.dtype = torch.float32):
+    return t.detach().to("cpu", dtype).contiguous().numpy()
+
+
+def _threads(intra_op_num_threads) -> int:
+    if isinstance(intra_op_num_threads, bool) or not isinstance(intra_op_num_threads, int):
+        raise ValueError(f"intra_op_num_threads must be an int >= 0, got {intra_op_num_threads!r}")
+    if intra_op_num_threads < 0:
+        raise ValueError(f"intra_op_num_threads must be an int >= 0, got {intra_op_num_threads}")
+    return intra_op_num_threads
+
+
+def onnx_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, *, intra_op_num_threads: int = 1
+) -> torch.Tensor:
+    """Greedy NMS by onnxruntime's ``NonMaxSuppression`` kernel (one image, one class, no box limit).
+
+    boxes: ``[N, 4]`` float ``(x1, y1, x2, y2)``; scores: ``[N]`` float; iou_threshold: a box is suppressed
+    by a kept, higher-scoring box when their IoU is strictly greater than this.
+    Returns int64 ``[K]``: indices into ``boxes`` of the kept boxes, by decreasing score (the order among
+    equal scores is the kernel's, so compare with distinct scores). On ``boxes``' device.
+
+    ONNX semantics: ``NonMaxSuppression(boxes [1, N, 4], scores [1, 1, N], max_output_boxes_per_class,
+    iou_threshold)`` with ``center_point_box=0`` reads each box as corners ``[y1, x1, y2, x2]``, so the
+    columns are reordered here (swapping x and y in every box leaves every IoU as it is, but this is the
+    documented layout); it returns rows ``(batch, class, box index)``, of which the box index is kept.
+    ``max_output_boxes_per_class`` is N (no limit) and there is no score threshold. Computed in float32.
+    """
+    iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
+    n = boxes.shape[0]
+    session = _session(
+        "NonMaxSuppression",
+        (
+            ("boxes", "FLOAT", 3),
+            ("scores", "FLOAT", 3),
+            ("max_output_boxes_per_class", "INT64", 1),
+            ("iou_threshold", "FLOAT", 1),
+        ),
+        ("INT64", 2),
+        (("center_point_box", 0),),
+        _threads(intra_op_num_threads),
+    )
+    feeds = {
+        "boxes": _numpy(boxes[:, [1, 0, 3, 2]])[None],
+        "scores": _numpy(scores)[None, None],
+        "max_output_boxes_per_class": torch.tensor([n], dtype=torch.int64).numpy(),
+        "iou_threshold": torch.tensor([iou_threshold], dtype=torch.float32).numpy(),
+    }
+    selected = session.run(None, feeds)[0]
+    return torch.from_numpy(selected[:, 2].copy()).to(device=boxes.device, dtype=torch.int64)
+
+
+def _check_rois(input: torch.Tensor, rois: torch.Tensor) -> None:
+    check_tensor("input", input, ndim=4, kind="float")
+    check_tensor("rois", rois, ndim=2, last_dim=5, kind="float")
+
+
+def onnx_roi_align(
+    input: torch.Tensor,
+    rois: torch.Tensor,
+    output_size,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    *,
+    intra_op_num_threads: int = 1,
+) -> torch.Tensor:
+    """RoIAlign (average mode) by onnxruntime's ``RoiAlign`` kernel, in ``torchvision.ops.roi_align``'s terms.
+
+    input: ``[B, C, H, W]`` float; rois: ``[K, 5]`` float rows ``(image index, x1, y1, x2, y2)`` in
+    input-image pixels; output_size: ``oh`` or ``(oh, ow)``; spatial_scale: 1/stride; sampling_ratio:
+    samples per bin side, ``<= 0`` adaptive (``ceil(box size / output size)``); aligned: see below.
+    Returns float32 ``[K, C, oh, ow]`` on ``input``'s device (not differentiable).
+
+    ONNX semantics (opset 16): ``RoiAlign(X [B, C, H, W], rois [K, 4] (x1, y1, x2, y2), batch_indices [K]
+    int64)`` with ``mode="avg"``; ``sampling_ratio`` 0 means adaptive (negative values are passed as 0).
+    ``coordinate_transformation_mode="half_pixel"`` subtracts half a cell from the scaled box
+    (``aligned=True``); ``"output_half_pixel"`` does not and makes every box at least 1x1 cell, the original
+    RoIAlign (``aligned=False``). Computed in float32.
+    """
+    _check_rois(input, rois)
+    oh, ow = _pair("output_size", output_size)
+    k, c = rois.shape[0], input.shape[1]
+    if k == 0:
+        return torch.zeros((0, c, oh, ow), device=input.device)
+    attrs = (
+        ("mode", "avg"),
+        ("output_height", oh),
+        ("output_width", ow),
+        ("sampling_ratio", max(int(sampling_ratio), 0)),
+        ("spatial_scale", float(spatial_scale)),
+        ("coordinate_transformation_mode", "half_pixel" if aligned else "output_half_pixel"),
+    )
+    session = _session(
+        "RoiAlign",
+        (("X", "FLOAT", 4), ("rois", "FLOAT", 2), ("batch_indices", "INT64", 1)),
+        ("FLOAT", 4),
+        attrs,
+        _threads(intra_op_num_threads),
+    )
+    feeds = {
+        "X": _numpy(input),
+        "rois": _numpy(rois[:, 1:]),
+        "batch_indices": _numpy(rois[:, 0], torch.int64),
+    }
+    return torch.from_numpy(session.run(None, feeds)[0]).to(input.device)
+
+
+def onnx_max_roi_pool(
+    input: torch.Tensor,
+    rois: torch.Tensor,
+    output_size,
+    spatial_scale: float = 1.0,
+    *,
+    intra_op_num_threads: int = 1,
+) -> torch.Tensor:
+    """RoIPool (Fast R-CNN) by onnxruntime's ``MaxRoiPool`` kernel, in ``torchvision.ops.roi_pool``'s terms.
+
+    input: ``[B, C, H, W]`` float; rois: ``[K, 5]`` float rows ``(image index, x1, y1, x2, y2)`` in
+    input-image pixels; output_size: ``oh`` or ``(oh, ow)``; spatial_scale: 1/stride.
+    Returns float32 ``[K, C, oh, ow]`` on ``input``'s device (not differentiable).
+
+    ONNX semantics: ``MaxRoiPool(X [B, C, H, W], rois [K, 5])`` with ``pooled_shape=(oh, ow)``; the scaled
+    corners are rounded to whole cells, the box (inclusive of its last row and column) is split into
+    ``oh x ow`` bins with floor / ceil edges, and each bin gives the maximum of its cells (0 if it is empty).
+    Some onnxruntime builds lack this kernel: the session then fails to build and the error propagates.
+    """
+    _check_rois(input, rois)
+    oh, ow = _pair("output_size", output_size)
+    if rois.shape[0] == 0:
+        return torch.zeros((0, input.shape[1], oh, ow), device=input.device)
+    session = _session(
+        "MaxRoiPool",
+        (("X", "FLOAT", 4), ("rois", "FLOAT", 2)),
+        ("FLOAT", 4),
+        (("pooled_shape", (oh, ow)), ("spatial_scale", float(spatial_scale))),
+        _threads(intra_op_num_threads),
+    )
+    out = session.run(None, {"X": _numpy(input), "rois": _numpy(rois)})[0]
+    return torch.from_numpy(out).to(input.device)
