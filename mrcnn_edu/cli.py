@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -159,9 +160,10 @@ def cmd_demo(args) -> int:
         [im for im, _ in items], targets, predictions, class_names, path=out / "demo_predictions.png"
     )
     minutes = (time.perf_counter() - start) / 60
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
     print(
         f"demo: mask AP@0.5 = {results['segm']['AP50']:.3f} (COCO segm AP50) on {len(val_set)} held-out "
-        f"images after {summary['steps']} steps; {minutes:.1f} min in all.\n"
+        f"images after {summary['steps']} steps; {minutes:.1f} min in all, peak memory {peak_mib:.0f} MiB.\n"
         f"Figures: {out}/demo_predictions.png, {out}/loss_curve.png, {out}/demo_pr.png"
     )
     return 0
