@@ -89,7 +89,9 @@ def run_case(preset: str, device: str, batch_size: int, steps: int, amp: str, wi
     row["infer_ms_per_image"] = 1000 * _timed(infer, device, steps) / batch_size
     if device.type == "cuda":
         row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (
+        2**20 if sys.platform == "darwin" else 2**10
+    )
 
     if with_torchvision:
         from torchvision.models.detection import maskrcnn_resnet50_fpn

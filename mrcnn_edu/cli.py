@@ -160,7 +160,9 @@ def cmd_demo(args) -> int:
         [im for im, _ in items], targets, predictions, class_names, path=out / "demo_predictions.png"
     )
     minutes = (time.perf_counter() - start) / 60
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (
+        2**20 if sys.platform == "darwin" else 2**10
+    )
     print(
         f"demo: mask AP@0.5 = {results['segm']['AP50']:.3f} (COCO segm AP50) on {len(val_set)} held-out "
         f"images after {summary['steps']} steps; {minutes:.1f} min in all, peak memory {peak_mib:.0f} MiB.\n"
