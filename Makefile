@@ -1,5 +1,5 @@
 # The two entry points named in README.md. Each sets up .venv (idempotent) and then runs.
-.PHONY: demo test lint bench
+.PHONY: demo test bench notebooks
 
 demo:
 	bash scripts/setup.sh
@@ -13,3 +13,10 @@ test:
 bench:
 	bash scripts/setup.sh test
 	.venv/bin/python benchmarks/ops.py
+	.venv/bin/python benchmarks/model.py
+
+# Every notebook executed and rendered to docs/notebooks/*.html (MRCNN_EDU_FAST=1 for a quick, rough render).
+notebooks:
+	bash scripts/setup.sh test
+	.venv/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=1800 \
+		--output-dir docs/notebooks notebooks/*.ipynb

@@ -197,6 +197,7 @@ PRESETS: dict[str, Config] = {
         rois_per_image=200,
         add_gt_boxes=False,
         aligned=False,
+        roi_method="crop_and_resize",
         box_head="conv",
         box_representation=1024,
         mask_conv_channels=256,
