@@ -130,7 +130,11 @@ class MaskRCNN(nn.Module):
         return self._run(images, targets, trace=None)
 
     def trace(self, images, targets=None) -> dict:
-        """Every intermediate result of one forward pass, by stage name (see :data:`TRACE_STAGES`)."""
+        """Every intermediate result of one forward pass, by stage name (see :data:`TRACE_STAGES`).
+
+        In train mode this *is* a training forward pass: BatchNorm layers update their running statistics
+        (trace a copy, ``copy.deepcopy(model)``, to leave the model as it was).
+        """
         record: dict = {}
         self._run(images, targets, trace=record)
         return record
