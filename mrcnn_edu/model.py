@@ -108,7 +108,12 @@ def _check_images(images) -> list[torch.Tensor]:
 
 
 class MaskRCNN(nn.Module):
-    """The trainable detector; ``config`` (a :class:`mrcnn_edu.config.Config`) fixes every choice."""
+    """The trainable detector; ``config`` (a :class:`mrcnn_edu.config.Config`) fixes every choice.
+
+    Settings that shape no weight (proposal counts, the detection layer's thresholds, pooling options) are
+    read from ``self.config`` at every call, so a trained model can be re-tuned for inference:
+    ``model.config = model.config.replace(detection_min_confidence=0.05, detection_candidates="all")``.
+    """
 
     def __init__(self, config: Config | None = None):
         super().__init__()

@@ -19,7 +19,7 @@ def interactive_figure(draw: Callable, manual: bool = False, **controls):
     draw: called with one keyword argument per control, returns a ``matplotlib.figure.Figure``.
     manual: redraw only when a "Run" button is pressed (for slow draws that run the model).
     controls: ``name=widget`` pairs, e.g. ``iou=ipywidgets.FloatSlider(value=0.7, min=0, max=1)``.
-    Returns the ``ipywidgets.VBox`` of controls (already displayed).
+    Displays the figure and the controls; returns None (so a cell ending in this call shows nothing twice).
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
@@ -55,6 +55,4 @@ def interactive_figure(draw: Callable, manual: bool = False, **controls):
     else:
         for control in controls.values():
             control.observe(redraw, names="value")
-    box = widgets.VBox(children)
-    display(box)
-    return box
+    display(widgets.VBox(children))

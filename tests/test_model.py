@@ -195,3 +195,15 @@ def test_overfits_one_image_to_a_high_mask_iou():
     iou = mask_iou(gt["masks"].bool(), result["masks"][:, 0] >= 0.5)  # [G, N]
     best = iou.max(dim=1).values
     assert best.min() >= 0.8, best
+
+
+def test_inference_settings_can_be_changed_on_a_built_model():
+    torch.manual_seed(0)
+    model = MaskRCNN(tiny_config(detection_min_confidence=0.99)).eval()
+    images, _ = batch(1)
+    with torch.no_grad():
+        strict = model(images)[0]
+        model.config = model.config.replace(detection_min_confidence=0.0, detection_candidates="all")
+        loose = model(images)[0]
+    assert len(loose["boxes"]) > len(strict["boxes"])
+    assert (loose["scores"] >= 0).all() and (strict["scores"] >= 0.99).all()
