@@ -53,7 +53,7 @@ from ._checks import check_boxes, check_tensor
 from ._tv import torchvision_ops
 from .boxes import box_iou, matched_box_iou
 
-__all__ = ["nms_loop", "nms", "batched_nms"]
+__all__ = ["nms_steps", "nms_loop", "nms", "batched_nms"]
 
 
 def _check_args(
@@ -86,8 +86,26 @@ def _empty(device: torch.device) -> torch.Tensor:
     return torch.zeros(0, dtype=torch.long, device=device)
 
 
+def nms_steps(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float):
+    """Greedy NMS one decision at a time: yields ``(kept, suppressed)`` for each kept box, best first.
+
+    boxes: ``[N, 4]`` float ``(x1, y1, x2, y2)``; scores: ``[N]`` float, higher is better.
+    iou_threshold: a box whose IoU with a kept, higher-scored box is ``> iou_threshold`` is dropped.
+    Yields ``kept`` (an int index into ``boxes``) and ``suppressed`` (int64 ``[S]``: the indices that box
+    removes, among those still in play), so a notebook can show every step of :func:`nms_loop`.
+    """
+    iou_threshold = _check_args(boxes, scores, iou_threshold)
+    order = torch.sort(scores, descending=True, stable=True).indices  # candidates, best first
+    while order.numel() > 0:
+        best, rest = order[0], order[1:]  # the best remaining box always survives...
+        iou = box_iou(boxes[best][None], boxes[rest])[0]  # [len(rest)]
+        suppressed = iou > iou_threshold  # ...and removes every box it overlaps too much
+        yield int(best), rest[suppressed]
+        order = rest[~suppressed]
+
+
 def nms_loop(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy NMS, one kept box at a time: the readable reference for :func:`nms`.
+    """Greedy NMS, one kept box at a time (:func:`nms_steps`): the readable reference for :func:`nms`.
 
     boxes: ``[N, 4]`` float ``(x1, y1, x2, y2)``.
     scores: ``[N]`` float, higher is better.
@@ -95,16 +113,8 @@ def nms_loop(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) ->
     Returns int64 ``[K]``: indices of the kept boxes into ``boxes``, in decreasing score order (equal scores
     in input order).
     """
-    iou_threshold = _check_args(boxes, scores, iou_threshold)
-    order = torch.sort(scores, descending=True, stable=True).indices  # candidates, best first
-    keep = []
-    while order.numel() > 0:
-        best, rest = order[0], order[1:]
-        keep.append(best)  # the best remaining box always survives...
-        iou = box_iou(boxes[best][None], boxes[rest])[0]  # [len(rest)]
-        suppressed = iou > iou_threshold  # ...and removes every box it overlaps too much
-        order = rest[~suppressed]
-    return torch.stack(keep) if keep else _empty(boxes.device)
+    keep = [kept for kept, _ in nms_steps(boxes, scores, iou_threshold)]
+    return torch.tensor(keep, dtype=torch.int64, device=boxes.device)
 
 
 def _prefilter_is_safe(boxes: torch.Tensor, iou_threshold: float) -> bool:

@@ -562,14 +562,17 @@ def heatmap(
     title: str | None = None,
     cmap: str = "viridis",
     colorbar: bool = True,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ) -> Axes:
     """One ``[H, W]`` map (objectness of one anchor shape, a feature channel, a mask) as a colour image.
 
-    Pixel ``(r, c)`` is centred at ``(c, r)`` as in the image drawings. Returns the axes.
+    Pixel ``(r, c)`` is centred at ``(c, r)`` as in the image drawings. ``vmin`` / ``vmax`` fix the colour
+    scale (e.g. 0 and 1 for probabilities, or one scale shared by several maps). Returns the axes.
     """
     values = _as_2d_or_3d("tensor", tensor, 2)
     ax = _new_axes(values.shape[0], values.shape[1], ax, inches=4.0)
-    image = ax.imshow(values.numpy(), cmap=cmap, interpolation="nearest")
+    image = ax.imshow(values.numpy(), cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
     if colorbar:
         ax.figure.colorbar(image, ax=ax, shrink=0.8)
     ax.set_xticks([])

@@ -13,7 +13,7 @@ from mrcnn_edu import nms as nms_module
 from mrcnn_edu import references
 from mrcnn_edu._tv import torchvision_ops
 from mrcnn_edu.boxes import box_iou, matched_box_iou
-from mrcnn_edu.nms import batched_nms, nms, nms_loop
+from mrcnn_edu.nms import batched_nms, nms, nms_loop, nms_steps
 from mrcnn_edu.references import onnx_nms
 
 THRESHOLDS = (0.3, 0.5, 0.7)
@@ -360,3 +360,14 @@ def test_bad_arguments_raise_naming_the_argument(fn, boxes, scores, threshold, n
 def test_batched_nms_bad_idxs(idxs):
     with pytest.raises(ValueError, match="idxs"):
         batched_nms(torch.zeros(3, 4), torch.zeros(3), idxs, 0.5)
+
+
+def test_nms_steps_shows_each_decision_of_the_loop():
+    # Three boxes in a chain: A overlaps B, B overlaps C, A does not overlap C. A removes B; C survives.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [9, 0, 19, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    steps = list(nms_steps(boxes, scores, 0.5))
+    assert [k for k, _ in steps] == [0, 2]
+    assert steps[0][1].tolist() == [1] and steps[1][1].tolist() == []
+    assert nms_loop(boxes, scores, 0.5).tolist() == [0, 2]
+    assert nms_loop(boxes[:0], scores[:0], 0.5).shape == (0,)

@@ -480,3 +480,10 @@ def test_no_pyplot_global_state(tmp_path):
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=120)
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_heatmap_colour_scale_can_be_fixed():
+    ax = V.heatmap(torch.tensor([[0.2, 0.4], [0.6, 0.8]]), vmin=0.0, vmax=1.0)
+    assert ax.images[0].get_clim() == (0.0, 1.0)
+    ax = V.heatmap(torch.tensor([[0.2, 0.4], [0.6, 0.8]]))
+    assert ax.images[0].get_clim() == pytest.approx((0.2, 0.8))
