@@ -84,6 +84,10 @@ __all__ = [
     "roi_pool",
     "assign_fpn_levels",
     "pyramid_roi_align",
+    "roi_align_sample_points",
+    "roi_align_bins",
+    "roi_pool_bins",
+    "crop_and_resize_sample_points",
 ]
 
 # Sample points per chunk of RoIs in the fast paths: bounds the index/weight tensors (4 corners each,
@@ -330,13 +334,21 @@ def _axis_samples(start, bin_size, grid, bins: int, padded: int, limit: int):
     ``[k, bins, padded, 2]`` (low, high) and weights of the same shape; padding samples (index ``>= grid``)
     and samples more than one cell outside ``[0, limit]`` get weight 0.
     """
+    coord = _axis_coordinates(start, bin_size, grid, bins, padded)
+    i = torch.arange(padded, device=start.device, dtype=start.dtype)
+    valid = (i < grid[:, None, None]) & (coord >= -1) & (coord <= limit)  # False for NaN too
+    return _neighbours(coord, valid, limit)
+
+
+def _axis_coordinates(start, bin_size, grid, bins: int, padded: int) -> torch.Tensor:
+    """RoIAlign's sample coordinates along one axis: ``[k, bins, padded]`` from ``[k]`` start, bin size and
+    (int) grid; sample ``i`` of bin ``p`` sits at ``start + p * bin_size + (i + 0.5) * bin_size / grid``
+    (entries ``i >= grid`` are padding)."""
     p = torch.arange(bins, device=start.device, dtype=start.dtype)[:, None]
     i = torch.arange(padded, device=start.device, dtype=start.dtype)
     start, bin_size, grid = start[:, None, None], bin_size[:, None, None], grid[:, None, None]
     # Same arithmetic, in the same order, as torchvision's kernel.
-    coord = start + p * bin_size + (i + 0.5) * bin_size / grid
-    valid = (i < grid) & (coord >= -1) & (coord <= limit)  # False for NaN too
-    return _neighbours(coord, valid, limit)
+    return start + p * bin_size + (i + 0.5) * bin_size / grid
 
 
 def _roi_align_bucket(rows, image, top, left, bin_h, bin_w, grid_h, grid_w, height, width, oh, ow):
@@ -442,6 +454,16 @@ def roi_align(
 # matterport's sampler
 
 
+def _crop_coordinates(start: torch.Tensor, end: torch.Tensor, size: int, limit: int) -> torch.Tensor:
+    """crop_and_resize's sample coordinates along one axis: ``[K, size]`` from normalised ``[K]`` start and
+    end on an axis of ``limit`` cells (TensorFlow's arithmetic: ``start * (limit - 1) + i * step`` with
+    ``step = (end - start) * (limit - 1) / (size - 1)``; the centre when ``size == 1``)."""
+    if size == 1:
+        return (0.5 * (start + end) * (limit - 1))[:, None]
+    steps = torch.arange(size, device=start.device, dtype=start.dtype)
+    return (start * (limit - 1))[:, None] + steps * ((end - start) * (limit - 1) / (size - 1))[:, None]
+
+
 def crop_and_resize(
     input: torch.Tensor,
     boxes: torch.Tensor,
@@ -490,17 +512,7 @@ def crop_and_resize(
 
     coordinate = _coordinate_dtype(input.dtype)
     y1, x1, y2, x2 = boxes.detach().to(coordinate).unbind(1)
-    # TensorFlow's arithmetic: step = (y2 - y1) * (H - 1) / (ch - 1), y = y1 * (H - 1) + i * step
-    if ch > 1:
-        steps = torch.arange(ch, device=input.device, dtype=coordinate)
-        ys = (y1 * (h - 1))[:, None] + steps * ((y2 - y1) * (h - 1) / (ch - 1))[:, None]
-    else:
-        ys = (0.5 * (y1 + y2) * (h - 1))[:, None]
-    if cw > 1:
-        steps = torch.arange(cw, device=input.device, dtype=coordinate)
-        xs = (x1 * (w - 1))[:, None] + steps * ((x2 - x1) * (w - 1) / (cw - 1))[:, None]
-    else:
-        xs = (0.5 * (x1 + x2) * (w - 1))[:, None]
+    ys, xs = _crop_coordinates(y1, y2, ch, h), _crop_coordinates(x1, x2, cw, w)  # [K, ch], [K, cw]
     y_inside = (ys >= 0) & (ys <= h - 1)  # False for NaN too
     x_inside = (xs >= 0) & (xs <= w - 1)
     y_index, y_weight = _neighbours(ys, y_inside, h)  # [K, ch, 2]
@@ -525,6 +537,23 @@ def _round_half_away(v: torch.Tensor) -> torch.Tensor:
     return torch.where((v - whole).abs() == 0.5, whole + torch.sign(v), torch.round(v))
 
 
+def _roi_pool_bin_edges(rois: torch.Tensor, scale: float, oh: int, ow: int, h: int, w: int):
+    """RoIPool's bins of ``[K, 5]`` rois on an ``h x w`` map: int64 ``(row_start, row_end)`` ``[K, oh]`` and
+    ``(col_start, col_end)`` ``[K, ow]``, ends exclusive, clipped to ``[0, h]`` / ``[0, w]``."""
+    corners = _round_half_away(rois[:, 1:] * scale).long()  # [K, 4] whole cells x1, y1, x2, y2
+    size_w = (corners[:, 2] - corners[:, 0] + 1).clamp(min=1)
+    size_h = (corners[:, 3] - corners[:, 1] + 1).clamp(min=1)
+
+    def bin_edges(first, size, bins, limit):  # [K] -> start, end [K, bins] in cells, clipped to the map
+        step = (size.to(rois.dtype) / bins)[:, None]
+        p = torch.arange(bins, device=rois.device, dtype=rois.dtype)
+        start = torch.floor(p * step).long() + first[:, None]
+        end = torch.ceil((p + 1) * step).long() + first[:, None]
+        return start.clamp(0, limit), end.clamp(0, limit)
+
+    return (*bin_edges(corners[:, 1], size_h, oh, h), *bin_edges(corners[:, 0], size_w, ow, w))
+
+
 def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0) -> torch.Tensor:
     """RoIPool (Fast R-CNN), with ``torchvision.ops.roi_pool``'s signature and semantics.
 
@@ -546,19 +575,7 @@ def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0
     if k == 0 or c == 0 or h == 0 or w == 0:  # on an empty map every bin is empty: zeros
         return input.new_zeros((k, c, oh, ow))
 
-    corners = _round_half_away(rois[:, 1:] * scale).long()  # [K, 4] whole cells x1, y1, x2, y2
-    size_w = (corners[:, 2] - corners[:, 0] + 1).clamp(min=1)
-    size_h = (corners[:, 3] - corners[:, 1] + 1).clamp(min=1)
-
-    def bin_edges(first, size, bins, limit):  # [K] -> start, end [K, bins] in cells, clipped to the map
-        step = (size.to(rois.dtype) / bins)[:, None]
-        p = torch.arange(bins, device=input.device, dtype=rois.dtype)
-        start = torch.floor(p * step).long() + first[:, None]
-        end = torch.ceil((p + 1) * step).long() + first[:, None]
-        return start.clamp(0, limit), end.clamp(0, limit)
-
-    row0, row1 = bin_edges(corners[:, 1], size_h, oh, h)
-    col0, col1 = bin_edges(corners[:, 0], size_w, ow, w)
+    row0, row1, col0, col1 = _roi_pool_bin_edges(rois, scale, oh, ow, h, w)
     rows_per_bin = (row1 - row0).clamp(min=0)[:, :, None].expand(k, oh, ow).reshape(-1)
     cols_per_bin = (col1 - col0).clamp(min=0)[:, None, :].expand(k, oh, ow).reshape(-1)
     first_row = row0[:, :, None].expand(k, oh, ow).reshape(-1)
@@ -718,3 +735,103 @@ def pyramid_roi_align(
         order.append(chosen)
     # parts are grouped by level; the inverse permutation puts every box back at its own row
     return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Where the samplers read: the geometry of one box, from the same helpers the ops use (for pictures/tests)
+
+
+def _one_roi(box) -> torch.Tensor:
+    """A single box ``[4]`` as a detached ``[1, 5]`` roi of image 0, at least float32."""
+    check_tensor("box", box, ndim=1, last_dim=4, kind="float")
+    box = box.detach().to(_coordinate_dtype(box.dtype))
+    return torch.cat((box.new_zeros(1), box))[None]
+
+
+def roi_align_sample_points(
+    box: torch.Tensor,
+    output_size,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> torch.Tensor:
+    """Where :func:`roi_align` samples for one box.
+
+    box: ``[4]`` float ``(x1, y1, x2, y2)`` in input-image pixels; the rest as in :func:`roi_align`.
+    Returns ``[oh, ow, gh, gw, 2]`` (at least float32, on ``box``'s device): the ``(y, x)`` feature-map
+    coordinates of sample ``(iy, ix)`` of bin ``(ph, pw)``, before border clamping (cell ``(r, c)`` holds its
+    value at ``(r, c)``). ``gh, gw`` are the box's grid (``sampling_ratio``, or adaptive), possibly 0 for a
+    degenerate box with ``aligned=True``. Inside the map, ``roi_align`` of a map whose value is its own x
+    coordinate returns the mean of ``[..., 1]`` over each bin's samples.
+    """
+    roi = _one_roi(box)
+    oh, ow = _pair("output_size", output_size)
+    scale = _check_scale(spatial_scale)
+    sampling_ratio = _check_sampling_ratio(sampling_ratio)
+    top, left, bin_h, bin_w, grid_h, grid_w = _roi_geometry(roi, scale, oh, ow, sampling_ratio, aligned)
+    gh, gw = int(grid_h[0]), int(grid_w[0])
+    ys = _axis_coordinates(top, bin_h, grid_h, oh, gh)[0]  # [oh, gh]
+    xs = _axis_coordinates(left, bin_w, grid_w, ow, gw)[0]  # [ow, gw]
+    shape = (oh, ow, gh, gw)
+    return torch.stack((ys[:, None, :, None].expand(shape), xs[None, :, None, :].expand(shape)), dim=-1)
+
+
+def roi_align_bins(
+    box: torch.Tensor, output_size, spatial_scale: float = 1.0, aligned: bool = False
+) -> torch.Tensor:
+    """The bins :func:`roi_align` averages over, for one box.
+
+    box: ``[4]`` float ``(x1, y1, x2, y2)`` in input-image pixels; the rest as in :func:`roi_align`.
+    Returns ``[oh, ow, 4]`` ``(y1, x1, y2, x2)`` of every bin in feature-map coordinates (the samples'
+    coordinates: shifted by half a cell when ``aligned``, at least one cell wide when not). The samples of
+    :func:`roi_align_sample_points` lie at the centres of a ``gh x gw`` split of each bin.
+    """
+    roi = _one_roi(box)
+    oh, ow = _pair("output_size", output_size)
+    top, left, bin_h, bin_w, _, _ = _roi_geometry(roi, _check_scale(spatial_scale), oh, ow, 1, aligned)
+    ys = top + bin_h * torch.arange(oh + 1, device=roi.device, dtype=roi.dtype)  # oh + 1 edges
+    xs = left + bin_w * torch.arange(ow + 1, device=roi.device, dtype=roi.dtype)
+    shape = (oh, ow)
+    return torch.stack(
+        (ys[:-1, None].expand(shape), xs[None, :-1].expand(shape), ys[1:, None].expand(shape),
+         xs[None, 1:].expand(shape)),
+        dim=-1,
+    )  # fmt: skip
+
+
+def roi_pool_bins(box: torch.Tensor, output_size, feature_size, spatial_scale: float = 1.0) -> torch.Tensor:
+    """The cells :func:`roi_pool` takes the maximum over, for one box.
+
+    box: ``[4]`` float ``(x1, y1, x2, y2)`` in input-image pixels; feature_size: ``(H, W)`` of the feature map
+    (the bins are clipped to it); output_size, spatial_scale as in :func:`roi_pool`.
+    Returns int64 ``[oh, ow, 4]`` ``(y_start, x_start, y_end, x_end)``: bin ``(ph, pw)`` covers rows
+    ``y_start .. y_end - 1`` and columns ``x_start .. x_end - 1`` (ends exclusive); an empty bin
+    (``end <= start`` after clipping) gives 0 in :func:`roi_pool`.
+    """
+    roi = _one_roi(box)
+    oh, ow = _pair("output_size", output_size)
+    h, w = check_size("feature_size", feature_size)
+    row0, row1, col0, col1 = _roi_pool_bin_edges(roi, _check_scale(spatial_scale), oh, ow, h, w)
+    shape = (oh, ow)
+    return torch.stack(
+        (row0[0, :, None].expand(shape), col0[0, None, :].expand(shape), row1[0, :, None].expand(shape),
+         col1[0, None, :].expand(shape)),
+        dim=-1,
+    )  # fmt: skip
+
+
+def crop_and_resize_sample_points(box: torch.Tensor, feature_size, crop_size) -> torch.Tensor:
+    """Where :func:`crop_and_resize` samples for one box.
+
+    box: ``[4]`` float normalised ``(y1, x1, y2, x2)`` as :func:`crop_and_resize` takes it (e.g. from
+    :func:`mrcnn_edu.boxes.to_matterport_normalized`); feature_size: ``(H, W)`` of the map; crop_size:
+    ``ch`` or ``(ch, cw)``. Returns ``[ch, cw, 2]`` (at least float32): the ``(y, x)`` feature-map coordinate
+    of output cell ``(i, j)``'s single bilinear sample (samples outside ``[0, H-1] x [0, W-1]`` give the
+    extrapolation value).
+    """
+    check_tensor("box", box, ndim=1, last_dim=4, kind="float")
+    h, w = check_size("feature_size", feature_size)
+    ch, cw = _pair("crop_size", crop_size)
+    y1, x1, y2, x2 = box.detach().to(_coordinate_dtype(box.dtype))[:, None]
+    ys, xs = _crop_coordinates(y1, y2, ch, h)[0], _crop_coordinates(x1, x2, cw, w)[0]
+    return torch.stack((ys[:, None].expand(ch, cw), xs[None, :].expand(ch, cw)), dim=-1)

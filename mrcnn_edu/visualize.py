@@ -52,6 +52,7 @@ __all__ = [
     "plot_losses",
     "feature_grid",
     "heatmap",
+    "show_roi_sampling",
     "log",
     "summarize_trace",
 ]
@@ -575,6 +576,74 @@ def heatmap(
     image = ax.imshow(values.numpy(), cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
     if colorbar:
         ax.figure.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def show_roi_sampling(
+    feature: torch.Tensor,
+    ax: Axes | None = None,
+    box=None,
+    points: torch.Tensor | None = None,
+    bins: torch.Tensor | None = None,
+    title: str | None = None,
+    cmap: str = "Greys",
+    color="tab:blue",
+    box_color="red",
+    marker: str = "o",
+) -> Axes:
+    """Where an RoI sampler reads a feature map: the map's cells, the box, the sample points and/or the bins.
+
+    feature: ``[H, W]`` map drawn as an image with a line around every cell (cell ``(r, c)`` centred at
+    ``(c, r)``, as in the other drawings); the view shows one cell of margin around the map.
+    box: ``(x1, y1, x2, y2)`` in feature cells (input pixels times ``spatial_scale``; a ``[4]`` tensor or 4
+    numbers), drawn in ``box_color`` with the pixel convention (edge ``x1`` at ``x1 - 0.5``).
+    points: float ``[..., 2]`` ``(y, x)`` sample coordinates, e.g. from
+        :func:`mrcnn_edu.roi_align.roi_align_sample_points` or ``crop_and_resize_sample_points``; drawn as
+        one marker each.
+    bins: ``[..., 4]`` ``(y1, x1, y2, x2)``: int64 cell ranges with exclusive ends
+        (:func:`mrcnn_edu.roi_align.roi_pool_bins`), drawn as filled cells, one colour per bin (empty bins are
+        skipped); or float coordinates (:func:`mrcnn_edu.roi_align.roi_align_bins`), drawn as dashed outlines
+        in ``color``. Returns the axes.
+    """
+    values = _as_2d_or_3d("feature", feature, 2)
+    h, w = values.shape
+    if box is not None:
+        box_tensor = torch.as_tensor(box, dtype=torch.float64) if not isinstance(box, torch.Tensor) else box
+        check_tensor("box", box_tensor, ndim=1, last_dim=4)
+        box = box_tensor.detach().cpu().double().numpy()
+    if points is not None:
+        check_tensor("points", points, last_dim=2, kind="float")
+        points = points.detach().cpu().double().reshape(-1, 2).numpy()
+    if bins is not None:
+        check_tensor("bins", bins, last_dim=4)
+        filled = not bins.is_floating_point()
+        bins = bins.detach().cpu().double().reshape(-1, 4).numpy()
+    ax = _new_axes(h + 2, w + 2, ax, inches=4.0)
+    ax.imshow(values.numpy(), cmap=cmap, interpolation="nearest")
+    for k in range(w + 1):
+        ax.axvline(k - 0.5, color="0.6", linewidth=0.5)
+    for k in range(h + 1):
+        ax.axhline(k - 0.5, color="0.6", linewidth=0.5)
+    if bins is not None and filled:
+        colors = instance_colors(len(bins))
+        kept = [(b, c) for b, c in zip(bins, colors, strict=True) if b[2] > b[0] and b[3] > b[1]]
+        for (y1, x1, y2, x2), c in kept:
+            ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, facecolor=(*c, 0.3), edgecolor=c,
+                                   linewidth=1.5))  # fmt: skip
+    elif bins is not None:
+        for y1, x1, y2, x2 in bins:
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linestyle="--",
+                                   linewidth=1.0))  # fmt: skip
+    if box is not None:
+        _draw_boxes(ax, box[None], [box_color], linewidth=2.0)
+    if points is not None:
+        ax.plot(points[:, 1], points[:, 0], marker, linestyle="none", color=color, markersize=3)
+    ax.set_xlim(-1.5, w + 0.5)
+    ax.set_ylim(h + 0.5, -1.5)
     ax.set_xticks([])
     ax.set_yticks([])
     if title is not None:

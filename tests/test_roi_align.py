@@ -568,3 +568,143 @@ def test_cuda_matches_cpu(monkeypatch, use_torchvision):
     xr = x.clone().requires_grad_()
     roi_align(xr, rois, 3, 0.5, 2).sum().backward()
     torch.testing.assert_close(xc.grad.cpu(), xr.grad)
+
+
+# --------------------------------------------------------------------------------------------------------
+# geometry helpers: roi_align_sample_points, roi_align_bins, roi_pool_bins, crop_and_resize_sample_points
+
+
+def coordinate_maps(h: int, w: int) -> torch.Tensor:
+    """``[1, 2, h, w]``: channel 0 holds each cell's row, channel 1 its column (bilinear reads give y, x)."""
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                                indexing="ij")  # fmt: skip
+    return torch.stack((rows, cols))[None]
+
+
+GEOMETRY_CASES = [  # box, output_size, spatial_scale, sampling_ratio, aligned: all samples inside 12 x 16
+    ((1.3, 2.2, 6.1, 5.7), 2, 1.0, 2, True),
+    ((1.3, 2.2, 6.1, 5.7), (3, 2), 1.0, -1, False),
+    ((4.0, 3.0, 25.0, 17.0), (2, 3), 0.5, -1, True),
+    ((2.5, 1.5, 9.0, 7.5), 4, 1.0, 3, False),
+    ((3.0, 3.0, 3.4, 3.2), 2, 1.0, -1, False),  # degenerate: at least 1 x 1 cell
+]
+
+
+@pytest.mark.parametrize(("box", "size", "scale", "ratio", "aligned"), GEOMETRY_CASES)
+def test_roi_align_sample_points_agree_with_roi_align(box, size, scale, ratio, aligned):
+    points = ra.roi_align_sample_points(torch.tensor(box, dtype=torch.float64), size, scale, ratio, aligned)
+    oh, ow = (size, size) if isinstance(size, int) else size
+    assert points.shape[:2] == (oh, ow) and points.shape[-1] == 2
+    assert bool(((points[..., 0] >= 0) & (points[..., 0] <= 11) & (points[..., 1] >= 0)
+                 & (points[..., 1] <= 15)).all())  # fmt: skip
+    roi = torch.tensor([[0.0, *box]], dtype=torch.float64)
+    pooled = roi_align(coordinate_maps(12, 16), roi, size, scale, ratio, aligned)[0]
+    means = points.mean(dim=(2, 3)).permute(2, 0, 1)  # [2, oh, ow]
+    torch.testing.assert_close(pooled, means, rtol=0, atol=1e-9)
+
+
+def test_roi_align_sample_points_hand_computed():
+    # x: start 1, bin 2, 2 samples per bin -> 1.5, 2.5 | 3.5, 4.5
+    # y: start 2, bin 1 -> 2.25, 2.75 | 3.25, 3.75
+    points = ra.roi_align_sample_points(torch.tensor([1.0, 2.0, 5.0, 4.0]), 2, 1.0, 2, aligned=False)
+    assert points.shape == (2, 2, 2, 2, 2)
+    torch.testing.assert_close(points[1, 0, :, 0, 0], torch.tensor([3.25, 3.75]))
+    torch.testing.assert_close(points[0, 1, 0, :, 1], torch.tensor([3.5, 4.5]))
+    shifted = ra.roi_align_sample_points(torch.tensor([1.0, 2.0, 5.0, 4.0]), 2, 1.0, 2, aligned=True)
+    torch.testing.assert_close(shifted, points - 0.5)
+    # adaptive: ceil(2 / 2) = 1 row, ceil(4 / 2) = 2 columns per bin
+    assert ra.roi_align_sample_points(torch.tensor([1.0, 2.0, 5.0, 4.0]), 2).shape == (2, 2, 1, 2, 2)
+    # aligned degenerate box: no samples, as roi_align (which then returns 0)
+    point = torch.tensor([3.0, 3.0, 3.0, 3.0])
+    assert ra.roi_align_sample_points(point, 2, aligned=True).shape[2:4] == (0, 0)
+
+
+@pytest.mark.parametrize(("box", "size", "scale", "ratio", "aligned"), GEOMETRY_CASES)
+def test_roi_align_bins_hold_their_samples(box, size, scale, ratio, aligned):
+    b = torch.tensor(box)
+    bins = ra.roi_align_bins(b, size, scale, aligned)
+    points = ra.roi_align_sample_points(b, size, scale, ratio, aligned)
+    lo, hi = bins[:, :, None, None, :2], bins[:, :, None, None, 2:]
+    assert bool(((points > lo) & (points < hi)).all())
+    torch.testing.assert_close(points.mean(dim=(2, 3)), (bins[..., :2] + bins[..., 2:]) / 2)
+    # hand-computed: aligned, scale 1: the box minus half a cell, split into 2 x 2 equal bins
+    bins = ra.roi_align_bins(torch.tensor([1.0, 2.0, 5.0, 4.0]), 2, aligned=True)
+    torch.testing.assert_close(bins[1, 0], torch.tensor([2.5, 0.5, 3.5, 2.5]))
+
+
+@pytest.mark.parametrize(
+    ("box", "size", "scale"),
+    [((1.3, 2.2, 6.1, 5.7), 2, 1.0), ((0.0, 0.0, 15.0, 11.0), (3, 5), 1.0), ((-6.0, 4.0, 9.0, 30.0), 3, 0.5),
+     ((9.0, 9.0, 9.0, 9.0), 2, 1.0), ((10.0, 2.0, 40.0, 7.0), (2, 4), 0.5)],
+)  # fmt: skip
+def test_roi_pool_bins_agree_with_roi_pool(box, size, scale):
+    h, w = 12, 16
+    bins = ra.roi_pool_bins(torch.tensor(box), size, (h, w), scale)
+    assert bins.dtype == torch.int64
+    coords = coordinate_maps(h, w).float() + 1  # + 1: an empty bin (0) is told apart from cell 0
+    roi = rois_of(box)
+    last = roi_pool(coords, roi, size, scale)[0] - 1  # [2, oh, ow] largest row, column of each bin
+    first = -roi_pool(-coords, roi, size, scale)[0] - 1
+    empty = (bins[..., 2] <= bins[..., 0]) | (bins[..., 3] <= bins[..., 1])
+    assert bool((last[:, empty] == -1).all())
+    full = ~empty
+    assert bool(full.any())
+    torch.testing.assert_close(first[:, full].long(), bins[full][:, :2].T)
+    torch.testing.assert_close(last[:, full].long(), bins[full][:, 2:].T - 1)
+
+
+def test_roi_pool_bins_hand_computed():
+    # rounded box: columns 1..6, rows 2..6 (6 x 5 cells); columns split 0..3 | 3..6, rows floor/ceil of 2.5
+    bins = ra.roi_pool_bins(torch.tensor([1.3, 2.2, 6.1, 5.7]), 2, (8, 8))
+    expected = torch.tensor([[[2, 1, 5, 4], [2, 4, 5, 7]], [[4, 1, 7, 4], [4, 4, 7, 7]]])
+    assert torch.equal(bins, expected)
+    clipped = ra.roi_pool_bins(torch.tensor([1.3, 2.2, 6.1, 5.7]), 2, (5, 5))  # map ends at row/column 5
+    assert torch.equal(clipped[1, 1], torch.tensor([4, 4, 5, 5]))
+
+
+@pytest.mark.parametrize(
+    ("box", "size"),
+    [((1.3, 2.2, 6.1, 5.7), 2), ((0.0, 0.0, 11.0, 15.0), (4, 3)), ((2.0, 3.0, 9.5, 14.0), 1),
+     ((8.0, 12.0, 2.0, 1.0), (3, 5)), ((-2.0, -3.0, 8.0, 20.0), 4)],
+)  # fmt: skip
+def test_crop_and_resize_sample_points_agree_with_crop_and_resize(box, size):
+    h, w = 12, 16
+    normalised = to_matterport_normalized(torch.tensor([box], dtype=torch.float64), (h, w))
+    points = ra.crop_and_resize_sample_points(normalised[0], (h, w), size)
+    ch, cw = (size, size) if isinstance(size, int) else size
+    assert points.shape == (ch, cw, 2)
+    out = crop_and_resize(coordinate_maps(h, w), normalised, torch.tensor([0]), size, float("nan"))[0]
+    inside = ~out.isnan().any(0)
+    expected = ((points[..., 0] >= 0) & (points[..., 0] <= h - 1) & (points[..., 1] >= 0)
+                & (points[..., 1] <= w - 1))  # fmt: skip
+    assert torch.equal(inside, expected)
+    torch.testing.assert_close(out[:, inside], points[inside].T, rtol=0, atol=1e-9)
+
+
+def test_crop_and_resize_sample_points_hand_computed():
+    # normalised (0, 0, 1, 1) on a 5 x 3 map spans the first to the last cell centre
+    points = ra.crop_and_resize_sample_points(torch.tensor([0.0, 0.0, 1.0, 1.0]), (5, 3), 3)
+    torch.testing.assert_close(points[:, 0, 0], torch.tensor([0.0, 2.0, 4.0]))
+    torch.testing.assert_close(points[0, :, 1], torch.tensor([0.0, 1.0, 2.0]))
+    centre = ra.crop_and_resize_sample_points(torch.tensor([0.25, 0.0, 0.75, 0.5]), (5, 3), 1)
+    torch.testing.assert_close(centre, torch.tensor([[[2.0, 0.5]]]))
+
+
+def test_geometry_helpers_bad_input_names_the_argument():
+    box = torch.tensor([1.0, 2.0, 5.0, 4.0])
+    with pytest.raises(ValueError, match="box"):
+        ra.roi_align_sample_points(box[:3], 2)
+    with pytest.raises(ValueError, match="output_size"):
+        ra.roi_align_sample_points(box, 0)
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        ra.roi_align_sample_points(box, 2, sampling_ratio=1.5)
+    with pytest.raises(ValueError, match="spatial_scale"):
+        ra.roi_align_bins(box, 2, spatial_scale=-1)
+    with pytest.raises(ValueError, match="feature_size"):
+        ra.roi_pool_bins(box, 2, (8,))
+    with pytest.raises(ValueError, match="box"):
+        ra.roi_pool_bins(box.long(), 2, (8, 8))
+    with pytest.raises(ValueError, match="crop_size"):
+        ra.crop_and_resize_sample_points(box, (8, 8), (2, -1))
+    with pytest.raises(ValueError, match="feature_size"):
+        ra.crop_and_resize_sample_points(box, None, 2)

@@ -487,3 +487,54 @@ def test_heatmap_colour_scale_can_be_fixed():
     assert ax.images[0].get_clim() == (0.0, 1.0)
     ax = V.heatmap(torch.tensor([[0.2, 0.4], [0.6, 0.8]]))
     assert ax.images[0].get_clim() == pytest.approx((0.2, 0.8))
+
+
+# ------------------------------------------------------------------------------------- show_roi_sampling
+def test_show_roi_sampling_draws_points_bins_and_box():
+    from mrcnn_edu.roi_align import roi_align_bins, roi_align_sample_points, roi_pool_bins
+
+    feature = torch.rand(8, 8)
+    box = torch.tensor([1.3, 2.2, 6.1, 5.7])
+    points = roi_align_sample_points(box, 2, 1.0, 2, aligned=True)  # [2, 2, 2, 2, 2]: 16 samples
+    ax = V.show_roi_sampling(feature, box=box, points=points, bins=roi_align_bins(box, 2, aligned=True),
+                             title="roi")  # fmt: skip
+    assert isinstance(ax, Axes) and ax.get_title() == "roi"
+    markers = [line for line in ax.lines if line.get_marker() == "o"]
+    assert len(markers) == 1 and len(markers[0].get_xdata()) == 16
+    np.testing.assert_allclose(markers[0].get_xdata(), points[..., 1].flatten().numpy())
+    dashed = [r for r in rectangles(ax) if r.get_linestyle() == "--"]
+    assert len(dashed) == 4 and len(rectangles(ax)) == 5  # 4 bins + the box
+    (red,) = [r for r in rectangles(ax) if r.get_linestyle() == "-"]
+    np.testing.assert_allclose(red.get_xy(), (0.8, 1.7), atol=1e-6)  # the pixel convention: x1 - 0.5
+
+    # int bins (RoIPool): one filled rectangle per non-empty bin; clipping empties the last ones
+    bins = roi_pool_bins(torch.tensor([5.0, 5.0, 12.0, 12.0]), 3, (8, 8))
+    empty = int(((bins[..., 2] <= bins[..., 0]) | (bins[..., 3] <= bins[..., 1])).sum())
+    assert empty > 0
+    ax = V.show_roi_sampling(feature, bins=bins)
+    assert len(rectangles(ax)) == 9 - empty and all(r.get_fill() for r in rectangles(ax))
+    assert not ax.lines[-1:] or ax.lines[-1].get_marker() != "o"  # no points given, none drawn
+
+
+def test_show_roi_sampling_uses_given_axes_and_plain_sequences():
+    fig = Figure()
+    ax = fig.add_subplot()
+    out = V.show_roi_sampling(np.zeros((4, 5), dtype=np.float32), ax=ax, box=(0, 0, 2, 2),
+                              points=torch.zeros(0, 2), marker="s")  # fmt: skip
+    assert out is ax and len(rectangles(ax)) == 1
+    assert out.get_xlim() == (-1.5, 5.5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"feature": torch.zeros(2, 3, 4)}, "feature"),
+     ({"points": torch.zeros(4, 3)}, "points"),
+     ({"points": torch.zeros(4, 2, dtype=torch.long)}, "points"),
+     ({"bins": torch.zeros(2, 5)}, "bins"),
+     ({"box": (1, 2, 3)}, "box"),
+     ({"ax": "not axes"}, "ax")],
+)  # fmt: skip
+def test_show_roi_sampling_bad_input_names_the_argument(kwargs, name):
+    kwargs = {"feature": torch.zeros(4, 4), **kwargs}
+    with pytest.raises(ValueError, match=name):
+        V.show_roi_sampling(**kwargs)
