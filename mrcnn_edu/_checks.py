@@ -20,10 +20,12 @@ def check_tensor(
     ndim: int | Sequence[int] | None = None,
     last_dim: int | None = None,
     kind: str | None = None,
+    length: int | None = None,
 ) -> torch.Tensor:
-    """Raise ValueError unless ``t`` is a tensor of the given rank / last size / dtype kind.
+    """Raise ValueError unless ``t`` is a tensor of the given rank / last size / dtype kind / length.
 
     kind: "float" (floating point), "int" (integer, not bool), "bool", "index" (integer or bool), or None.
+    length: the size of the first dimension (one entry per box, say).
     """
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -42,6 +44,8 @@ def check_tensor(
         raise ValueError(f"{name} must be a bool tensor, got {_describe(t)}")
     if kind == "index" and (t.is_floating_point() or t.is_complex()):
         raise ValueError(f"{name} must be an integer or bool tensor, got {_describe(t)}")
+    if length is not None and (t.dim() == 0 or t.shape[0] != length):
+        raise ValueError(f"{name} must have {length} entries (one per box), got {_describe(t)}")
     return t
 
 

@@ -61,18 +61,12 @@ def _check_args(
 ) -> float:
     """Validate the NMS arguments (ValueError naming the bad one); return the threshold as a float."""
     check_boxes("boxes", boxes)
-    check_tensor("scores", scores, ndim=1, kind="float")
     n = boxes.shape[0]
-    if scores.shape[0] != n:
-        raise ValueError(f"scores must have one score per box ({n} boxes), got shape {tuple(scores.shape)}")
+    check_tensor("scores", scores, ndim=1, kind="float", length=n)
     if scores.device != boxes.device:
         raise ValueError(f"scores must be on the boxes' device {boxes.device}, got {scores.device}")
     if idxs is not None:
-        check_tensor("idxs", idxs, ndim=1, kind="int")
-        if idxs.shape[0] != n:
-            raise ValueError(
-                f"idxs must have one group index per box ({n} boxes), got shape {tuple(idxs.shape)}"
-            )
+        check_tensor("idxs", idxs, ndim=1, kind="int", length=n)
         if idxs.device != boxes.device:
             raise ValueError(f"idxs must be on the boxes' device {boxes.device}, got {idxs.device}")
     if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool):

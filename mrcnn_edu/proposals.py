@@ -174,11 +174,7 @@ def clip_and_filter(
     indices of the boxes that pass both filters.
     """
     check_boxes("boxes", boxes)
-    check_tensor("scores", scores, ndim=1, kind="float")
-    if scores.shape[0] != boxes.shape[0]:
-        raise ValueError(
-            f"scores must have one score per box ({boxes.shape[0]}), got shape {tuple(scores.shape)}"
-        )
+    check_tensor("scores", scores, ndim=1, kind="float", length=boxes.shape[0])
     clipped = clip_boxes(boxes, image_size)
     keep = remove_small_boxes(clipped, min_size)
     keep = keep[scores[keep] >= score_threshold]

@@ -489,14 +489,10 @@ def crop_and_resize(
     """
     _check_features("input", input)
     check_tensor("boxes", boxes, ndim=2, last_dim=4, kind="float")
-    check_tensor("box_indices", box_indices, ndim=1, kind="int")
+    k = boxes.shape[0]
+    check_tensor("box_indices", box_indices, ndim=1, kind="int", length=k)
     ch, cw = _pair("crop_size", crop_size)
     b, c, h, w = input.shape
-    k = boxes.shape[0]
-    if box_indices.shape[0] != k:
-        raise ValueError(
-            f"box_indices must have one entry per box ({k}), got shape {tuple(box_indices.shape)}"
-        )
     for name, t in (("boxes", boxes), ("box_indices", box_indices)):
         if t.device != input.device:
             raise ValueError(f"{name} must be on the device of input ({input.device}), got {t.device}")

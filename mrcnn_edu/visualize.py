@@ -109,9 +109,7 @@ def _vector(name: str, values, n: int, kind: str) -> torch.Tensor | None:
     """Optional per-instance values ``[N]`` (labels or scores), checked against the box count."""
     if values is None:
         return None
-    check_tensor(name, values, ndim=1, kind=kind)
-    if len(values) != n:
-        raise ValueError(f"{name} must have one entry per box ({n}), got shape {tuple(values.shape)}")
+    check_tensor(name, values, ndim=1, kind=kind, length=n)
     return values.detach().cpu()
 
 
