@@ -155,16 +155,21 @@ def _new_axes(height: int, width: int, ax: Axes | None, inches: float = 5.0) -> 
     return fig.add_subplot()
 
 
+def _bare_axes(ax: Axes, title: str | None) -> None:
+    """Pictures carry no axis ticks; titles are small."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+
+
 def _show_image(ax: Axes, pixels: np.ndarray, title: str | None) -> None:
     """Draw ``pixels`` ``[H, W, 3]`` with pixel centres at integer coordinates, no ticks."""
     h, w = pixels.shape[:2]
     ax.imshow(pixels, interpolation="nearest")
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title is not None:
-        ax.set_title(title, fontsize=9)
+    _bare_axes(ax, title)
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -574,10 +579,7 @@ def heatmap(
     image = ax.imshow(values.numpy(), cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
     if colorbar:
         ax.figure.colorbar(image, ax=ax, shrink=0.8)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title is not None:
-        ax.set_title(title, fontsize=9)
+    _bare_axes(ax, title)
     return ax
 
 
@@ -642,10 +644,7 @@ def show_roi_sampling(
         ax.plot(points[:, 1], points[:, 0], marker, linestyle="none", color=color, markersize=3)
     ax.set_xlim(-1.5, w + 0.5)
     ax.set_ylim(h + 0.5, -1.5)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title is not None:
-        ax.set_title(title, fontsize=9)
+    _bare_axes(ax, title)
     return ax
 
 
@@ -690,9 +689,7 @@ def feature_grid(
         r, col = divmod(i, cols)
         ax.text(col * (w + 1) - 0.5, r * (h + 1) - 0.5, str(k), fontsize=6, color="white", va="top",
                 ha="left", bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "edgecolor": "none"})
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title if title is not None else f"channels {len(channels)} of {c}, {h}x{w}", fontsize=9)
+    _bare_axes(ax, title if title is not None else f"channels {len(channels)} of {c}, {h}x{w}")
     return ax
 
 
