@@ -149,11 +149,17 @@ def base_anchors(
     return base.to(device=device, dtype=dtype)
 
 
-def _check_grid(feature_shape, feature_stride, anchor_stride) -> tuple[int, int, float, int]:
+def _check_grid(feature_shape, feature_stride, anchor_stride) -> tuple[int, int, float, float, int]:
+    """``(H', W', stride_y, stride_x, anchor_stride)``; ``feature_stride``: a number or a ``(y, x)`` pair."""
     h, w = check_size("feature_shape", feature_shape)
-    stride = _positive_number("feature_stride", feature_stride)
+    if isinstance(feature_stride, (tuple, list)):
+        if len(feature_stride) != 2:
+            raise ValueError(f"feature_stride must be a number or a (y, x) pair, got {feature_stride!r}")
+        sy, sx = (_positive_number("feature_stride", s) for s in feature_stride)
+    else:
+        sy = sx = _positive_number("feature_stride", feature_stride)
     anchor_stride = _positive_int("anchor_stride", anchor_stride)
-    return h, w, stride, anchor_stride
+    return h, w, sy, sx, anchor_stride
 
 
 def level_anchors_loop(
@@ -170,13 +176,13 @@ def level_anchors_loop(
     Returns float32 ``[H' * W' * A, 4]`` on the CPU, equal to :func:`level_anchors` (same arithmetic, in
     double precision, rounded once at the end).
     """
-    h, w, stride, anchor_stride = _check_grid(feature_shape, feature_stride, anchor_stride)
+    h, w, sy, sx, anchor_stride = _check_grid(feature_shape, feature_stride, anchor_stride)
     base = base_anchors(scale, ratios, round_base, dtype=torch.float64).tolist()
-    step = anchor_stride * stride  # pixels between neighbouring anchor centres
+    step_y, step_x = anchor_stride * sy, anchor_stride * sx  # pixels between neighbouring anchor centres
     boxes = []
     for i in range(0, math.ceil(h / anchor_stride)):  # rows
         for j in range(0, math.ceil(w / anchor_stride)):  # columns
-            cx, cy = (j + offset) * step, (i + offset) * step
+            cx, cy = (j + offset) * step_x, (i + offset) * step_y
             for x1, y1, x2, y2 in base:  # ratios
                 boxes.append([cx + x1, cy + y1, cx + x2, cy + y2])
     return torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4).to(torch.float32)
@@ -196,20 +202,22 @@ def level_anchors(
     """All anchors of one pyramid level, ordered row -> column -> ratio (matterport's ``generate_anchors``).
 
     scale: anchor size in pixels for this level (e.g. 32 on P2). ratios: ``A`` ratios ``width / height``.
-    feature_shape: ``(H, W)`` of this level's feature map. feature_stride: image pixels per cell (4 on P2).
+    feature_shape: ``(H, W)`` of this level's feature map. feature_stride: image pixels per cell (4 on P2),
+        or a ``(stride_y, stride_x)`` pair (torchvision derives them per axis: canvas size // feature size).
     anchor_stride: put anchors on every ``anchor_stride``-th cell (matterport's ``RPN_ANCHOR_STRIDE``).
     offset: anchor centre within its grid step, 0.0 (cell corner, matterport/torchvision) or 0.5 (centre).
     round_base: round the base anchors to whole pixels (torchvision).
     Returns ``[H' * W' * A, 4]`` ``(x1, y1, x2, y2)`` in image pixels; anchor ``(i * W' + j) * A + a`` is
-    ratio ``a`` centred on ``((j + offset) * s, (i + offset) * s)``, ``s = anchor_stride * feature_stride``.
+    ratio ``a`` centred on ``((j + offset) * s_x, (i + offset) * s_y)``, ``s = anchor_stride * stride``.
     """
-    h, w, stride, anchor_stride = _check_grid(feature_shape, feature_stride, anchor_stride)
+    h, w, sy, sx, anchor_stride = _check_grid(feature_shape, feature_stride, anchor_stride)
     # Double precision until the end, so the only rounding to ``dtype`` is the last one.
     work = torch.float64
     base = base_anchors(scale, ratios, round_base, device=device, dtype=work)  # [A, 4]
-    step = anchor_stride * stride
-    ys = (torch.arange(0, math.ceil(h / anchor_stride), device=device, dtype=work) + offset) * step
-    xs = (torch.arange(0, math.ceil(w / anchor_stride), device=device, dtype=work) + offset) * step
+    rows = torch.arange(0, math.ceil(h / anchor_stride), device=device, dtype=work)
+    cols = torch.arange(0, math.ceil(w / anchor_stride), device=device, dtype=work)
+    ys = (rows + offset) * (anchor_stride * sy)
+    xs = (cols + offset) * (anchor_stride * sx)
     cy, cx = torch.meshgrid(ys, xs, indexing="ij")  # [H', W'], row-major like the feature map
     centres = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)  # [H'*W', 1, 4]
     return (centres + base[None]).reshape(-1, 4).to(dtype)

@@ -8,6 +8,10 @@ print a config and a reader can find each number in the stage function that uses
   200 ROIs at 33 % positive, rounding level assignment, detection 0.7 / 0.3).
 - ``coco``: torchvision's ``maskrcnn_resnet50_fpn`` recipe (R50-FPN, min 800 / max 1333, per-level top-k,
   GT boxes added, 512 ROIs at 25 %, floor level assignment, detection 0.05 / 0.5, all classes as candidates).
+- ``torchvision``: ``coco`` plus the remaining details of torchvision's v1 model that a checkpoint trained by
+  torchvision expects, so that :func:`mrcnn_edu.pretrained.load_torchvision_maskrcnn` reproduces its outputs:
+  rounded base anchors with strides read off the feature shapes, clipping to each image's own size, and
+  torchvision's mask pasting; COCO category names.
 
 ``Config.preset(name, **overrides)`` builds one; ``config.replace(**changes)`` copies with changes;
 ``config.override("field=value", ...)`` parses command-line style overrides.
@@ -20,6 +24,7 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, fields
 
+from .data.coco_names import COCO_CATEGORY_NAMES
 from .data.shapes import CLASS_NAMES
 from .molding import IMAGENET_MEAN, IMAGENET_STD, MATTERPORT_MEAN_PIXEL
 
@@ -43,6 +48,7 @@ class Config:
     # backbone + FPN (backbone.py, fpn.py)
     backbone: str = "resnet_tiny"  # resnet_tiny | resnet18 | resnet34 | resnet50 | resnet101
     backbone_norm: str = "bn"  # bn | frozen_bn
+    backbone_bn_eps: float = 1e-5  # torchvision's COCO_V1 detector was trained with 0 (see backbone.py)
     trainable_stages: int | None = None  # None: the backbone's default for its norm
     fpn_channels: int = 64
 
@@ -53,6 +59,9 @@ class Config:
     anchor_stride: int = 1
     anchor_offset: float = 0.0  # 0: centres at i * stride (matterport, torchvision); 0.5: detectron2
     round_anchors: bool = False  # torchvision rounds its base anchors
+    # False: backbone_strides; True: canvas size // feature size per axis, as torchvision's AnchorGenerator
+    # (P6 of an 800-row canvas has 13 rows, so its anchors step 800 // 13 = 61 pixels down, not 64)
+    anchor_strides_from_shapes: bool = False
 
     # RPN targets and loss (rpn_targets.py, losses.py)
     rpn_positive_iou: float = 0.7
@@ -71,6 +80,9 @@ class Config:
     rpn_nms_threshold: float = 0.7
     rpn_per_level: bool = False  # False: joint top-k (matterport); True: per level (torchvision)
     rpn_min_size: float = 0.0
+    # proposals and detections are clipped to the padded canvas (False, matterport's proposal layer) or to
+    # each image's own resized size (True, torchvision; for modes that put the image at the top-left corner)
+    clip_to_image: bool = False
 
     # detection targets (detection_targets.py)
     rois_per_image: int = 32  # TRAIN_ROIS_PER_IMAGE (matterport 200, its shapes example 32) / torchvision 512
@@ -102,6 +114,7 @@ class Config:
     detection_max_instances: int = 100
     detection_candidates: str = "argmax"  # argmax (matterport) | all (torchvision)
     detection_min_size: float = 0.0
+    mask_paste: str = "exact"  # exact (fractional box) | torchvision (mask padded by 1 cell, integer box)
 
     # training (train.py)
     batch_size: int = 8
@@ -245,3 +258,14 @@ PRESETS: dict[str, Config] = {
         schedule="step",
     ),
 }
+PRESETS["torchvision"] = PRESETS["coco"].replace(
+    name="torchvision",
+    class_names=COCO_CATEGORY_NAMES,
+    # torchvision's aspect ratios (0.5, 1, 2) are height / width; here ratios are width / height (matterport)
+    anchor_ratios=(2.0, 1.0, 0.5),
+    round_anchors=True,
+    anchor_strides_from_shapes=True,
+    clip_to_image=True,
+    mask_paste="torchvision",
+    backbone_bn_eps=0.0,
+)

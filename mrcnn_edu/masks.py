@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from ._checks import check_boxes, check_size, check_tensor
 
-__all__ = ["paste_masks", "paste_mask_loop", "mask_iou"]
+__all__ = ["paste_masks", "paste_mask_loop", "pad_masks_and_snap_boxes", "mask_iou"]
 
 #: Largest number of image pixels (masks x H x W) that :func:`paste_masks` computes at once on the GPU (its
 #: whole-image path); bounds the float temporaries (about 128 MiB in float32) for many masks in a large image.
@@ -200,6 +200,44 @@ def paste_mask_loop(
         if left < right and top < bottom:
             out[top:bottom, left:right] = resized[top - y1 : bottom - y1, left - x1 : right - x1]
     return out >= threshold if threshold is not None else out
+
+
+def pad_masks_and_snap_boxes(
+    masks: torch.Tensor, boxes: torch.Tensor, padding: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's pasting geometry, as inputs for :func:`paste_masks`.
+
+    masks: ``[N, M, M]`` values inside the boxes; boxes: ``[N, 4]`` float ``(x1, y1, x2, y2)``.
+    padding: cells of zeros added around every mask (torchvision: 1).
+    Returns ``(padded [N, M + 2p, M + 2p], snapped [N, 4])``.
+
+    torchvision (``paste_masks_in_image``) surrounds each mask with a ring of zeros and enlarges its box
+    about the centre by ``(M + 2p) / M`` to match, so the pasted mask fades to 0 across the box edge instead
+    of stopping at it. The enlarged corners are truncated to whole pixels (toward zero) and the mask is
+    resized to ``x2 - x1 + 1`` by ``y2 - y1 + 1`` pixels (at least 1) starting at the top-left corner: a
+    box that ends on pixel ``x2`` covers it. ``paste_masks(padded, snapped, ...)`` then pastes exactly what
+    torchvision pastes (the same bilinear resize, up to float rounding).
+    """
+    check_tensor("masks", masks, ndim=3)
+    check_boxes("boxes", boxes)
+    if boxes.shape[0] != masks.shape[0]:
+        raise ValueError(
+            f"boxes must have one row per mask ({masks.shape[0]}), got shape {tuple(boxes.shape)}"
+        )
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+    scale = (masks.shape[-1] + 2 * padding) / masks.shape[-1]
+    padded = F.pad(masks, (padding,) * 4)
+    # The same float32 operations, in the same order, as torchvision, so the truncation agrees.
+    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    cx = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    cy = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    x1, y1 = (cx - half_w).trunc(), (cy - half_h).trunc()
+    x2, y2 = (cx + half_w).trunc(), (cy + half_h).trunc()
+    width = (x2 - x1 + 1).clamp(min=1)
+    height = (y2 - y1 + 1).clamp(min=1)
+    return padded, torch.stack((x1, y1, x1 + width, y1 + height), dim=1)
 
 
 def mask_iou(masks1: torch.Tensor, masks2: torch.Tensor) -> torch.Tensor:

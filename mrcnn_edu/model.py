@@ -46,7 +46,7 @@ from .detection_targets import detection_targets
 from .fpn import FPN
 from .heads import BoxHead, BoxPredictor, MaskHead, RPNHead
 from .losses import LOSS_NAMES
-from .masks import paste_masks
+from .masks import pad_masks_and_snap_boxes, paste_masks
 from .molding import batch_images, normalize_image, resize_boxes, resize_image, resize_masks, unmold_boxes
 from .proposals import propose
 from .roi_align import pyramid_roi_align
@@ -121,7 +121,10 @@ class MaskRCNN(nn.Module):
         if len(cfg.anchor_scales) != len(cfg.backbone_strides) or len(cfg.backbone_strides) != 5:
             raise ValueError("anchor_scales and backbone_strides must have one entry per level P2..P6")
         self.backbone = build_backbone(
-            cfg.backbone, norm=cfg.backbone_norm, trainable_stages=cfg.trainable_stages
+            cfg.backbone,
+            norm=cfg.backbone_norm,
+            trainable_stages=cfg.trainable_stages,
+            bn_eps=cfg.backbone_bn_eps,
         )
         self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels)
         self.rpn_head = RPNHead(cfg.fpn_channels, cfg.num_anchors_per_location)
@@ -165,7 +168,8 @@ class MaskRCNN(nn.Module):
         record("backbone", c)
         record("fpn", p)
         levels = list(p.values())  # P2..P6: the RPN sees all five, the ROI heads P2..P5
-        anchors, per_level = self.anchors(levels)
+        canvas = tuple(batch.shape[-2:])
+        anchors, per_level = self.anchors(levels, canvas)
         record("anchors", anchors)
         record("anchors_per_level", per_level)
 
@@ -175,12 +179,13 @@ class MaskRCNN(nn.Module):
         record("rpn_objectness", objectness)
         record("rpn_deltas", rpn_deltas)
 
-        canvas = tuple(batch.shape[-2:])
+        # The region boxes are clipped to: each image's own size (torchvision) or the padded canvas.
+        clip_sizes = [m.window[2:][::-1] if cfg.clip_to_image else canvas for m in metas]
         proposals = propose(
             objectness,
             rpn_deltas,
             anchors,
-            [canvas] * len(images),
+            clip_sizes,
             num_anchors_per_level=per_level,
             pre_nms_top_n=cfg.rpn_pre_nms_train if training else cfg.rpn_pre_nms_test,
             post_nms_top_n=cfg.rpn_post_nms_train if training else cfg.rpn_post_nms_test,
@@ -202,7 +207,7 @@ class MaskRCNN(nn.Module):
                 levels[:4], anchors, objectness, rpn_deltas, proposals, gts, canvas, record
             )
         else:
-            result = self._detect(levels[:4], proposals, metas, canvas, record)
+            result = self._detect(levels[:4], proposals, metas, canvas, clip_sizes, record)
         return result
 
     def _train_heads(self, features, anchors, objectness, rpn_deltas, proposals, gts, canvas, record):
@@ -264,18 +269,20 @@ class MaskRCNN(nn.Module):
         record("losses", result)
         return result
 
-    def _detect(self, features, proposals, metas, canvas, record):
+    def _detect(self, features, proposals, metas, canvas, clip_sizes, record):
         cfg = self.config
         rois = [q["boxes"] for q in proposals]
         class_logits, box_deltas = self._box_branch(features, rois, canvas, record)
         detections, pre_nms = [], []
         counts = [len(r) for r in rois]
-        for logits, dl, r in zip(class_logits.split(counts), box_deltas.split(counts), rois, strict=True):
+        for logits, dl, r, size in zip(
+            class_logits.split(counts), box_deltas.split(counts), rois, clip_sizes, strict=True
+        ):
             d = detect(
                 logits,
                 dl,
                 r,
-                canvas,
+                size,
                 score_threshold=cfg.detection_min_confidence,
                 nms_threshold=cfg.detection_nms_threshold,
                 max_detections=cfg.detection_max_instances,
@@ -296,7 +303,14 @@ class MaskRCNN(nn.Module):
             # Each detection's mask is the channel of its own class (per-class masks, no competition).
             probs = logits[torch.arange(len(logits), device=logits.device), d["labels"]].sigmoid()
             boxes = unmold_boxes(d["boxes"], meta)
-            masks = paste_masks(probs, boxes, meta.original_size)
+            if cfg.mask_paste == "torchvision":
+                masks = paste_masks(*pad_masks_and_snap_boxes(probs, boxes), meta.original_size)
+            elif cfg.mask_paste == "exact":
+                masks = paste_masks(probs, boxes, meta.original_size)
+            else:
+                raise ValueError(
+                    f"config.mask_paste must be 'exact' or 'torchvision', got {cfg.mask_paste!r}"
+                )
             results.append(
                 {"boxes": boxes, "labels": d["labels"], "scores": d["scores"], "masks": masks[:, None]}
             )
@@ -334,17 +348,23 @@ class MaskRCNN(nn.Module):
         record("mask_logits", mask_logits)
         return mask_logits
 
-    def anchors(self, levels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-        """Anchors for feature maps of these shapes, built once per shape/device and cached."""
+    def anchors(
+        self, levels: Sequence[torch.Tensor], canvas: Sequence[int]
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Anchors for feature maps of these shapes on a ``canvas`` ``(H, W)``, built once and cached."""
         cfg = self.config
         shapes = tuple(tuple(f.shape[-2:]) for f in levels)
-        key = (shapes, levels[0].device)
+        if cfg.anchor_strides_from_shapes:
+            strides = [(canvas[0] // h, canvas[1] // w) for h, w in shapes]
+        else:
+            strides = cfg.backbone_strides
+        key = (shapes, tuple(strides), cfg.anchor_scales, cfg.anchor_ratios, levels[0].device)
         if key not in self._anchor_cache:
             self._anchor_cache[key] = pyramid_anchors(
                 cfg.anchor_scales,
                 cfg.anchor_ratios,
                 shapes,
-                cfg.backbone_strides,
+                strides,
                 anchor_stride=cfg.anchor_stride,
                 offset=cfg.anchor_offset,
                 round_base=cfg.round_anchors,

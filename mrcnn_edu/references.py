@@ -38,7 +38,7 @@ from ._checks import check_tensor
 from .nms import _check_args as _check_nms_args
 from .roi_align import _pair
 
-__all__ = ["available", "onnx_nms", "onnx_roi_align", "onnx_max_roi_pool"]
+__all__ = ["available", "onnx_nms", "onnx_roi_align", "onnx_max_roi_pool", "import_torchvision"]
 
 # RoiAlign's coordinate_transformation_mode attribute appeared in opset 16; NonMaxSuppression and
 # MaxRoiPool are unchanged there since opsets 11 and 1.
@@ -237,3 +237,98 @@ def onnx_max_roi_pool(
     )
     out = session.run(None, {"X": _numpy(input), "rois": _numpy(rois)})[0]
     return torch.from_numpy(out).to(input.device)
+
+
+# Kept alive for the life of the process: dropping the Library object would unregister the operators.
+_TORCHVISION_LIBRARY: list = []
+
+
+def _purge_torchvision_modules() -> None:
+    import sys
+
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+
+
+def _define_torchvision_operators() -> None:
+    """Register ``torchvision::nms`` and ``torchvision::roi_align`` with onnxruntime's kernels behind them.
+
+    The schemas are those torchvision's C++ extension declares, so torchvision's Python code calls them as
+    it would call its own kernels. ``qnms`` (quantized NMS) is declared only because torchvision registers a
+    shape function for it at import; calling it raises.
+    """
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define(
+        "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+        "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor"
+    )
+
+    def nms_kernel(dets, scores, iou_threshold):
+        return onnx_nms(dets, scores, iou_threshold, intra_op_num_threads=torch.get_num_threads())
+
+    def roi_align_kernel(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+        out = onnx_roi_align(
+            input,
+            rois,
+            (pooled_height, pooled_width),
+            spatial_scale,
+            sampling_ratio,
+            aligned,
+            intra_op_num_threads=torch.get_num_threads(),
+        )
+        return out.to(input.dtype)
+
+    def qnms_kernel(dets, scores, iou_threshold):
+        raise NotImplementedError("torchvision::qnms has no reference kernel in mrcnn_edu.references")
+
+    for name, kernel in (("nms", nms_kernel), ("roi_align", roi_align_kernel), ("qnms", qnms_kernel)):
+        lib.impl(name, kernel, "CPU")
+    _TORCHVISION_LIBRARY.append(lib)
+
+
+@functools.cache
+def import_torchvision():
+    """torchvision, for its pure-Python detection models, and which kernels its ``nms``/``roi_align`` run on.
+
+    Returns ``(torchvision, kernels)``: ``kernels`` is ``"compiled"`` where torchvision's own C++/CUDA
+    extension loads (a matching torchvision install, e.g. on a GPU machine), else ``"onnxruntime"``: the
+    two operators its detection models need, ``torchvision::nms`` and ``torchvision::roi_align``, are then
+    registered here (CPU only) with onnxruntime's compiled kernels behind them, so that torchvision's model
+    code runs unchanged on a machine where its extension does not load. That makes torchvision's
+    ``maskrcnn_resnet50_fpn`` an independent reference for :mod:`mrcnn_edu.pretrained` (torchvision's Python,
+    onnxruntime's kernels, none of this package's code). Nothing else of torchvision works in that mode.
+
+    Raises ImportError when torchvision is not installed (a CPU set-up installs its Python code with
+    ``pip install --no-deps torchvision==<the version matching torch>``) or onnxruntime is missing.
+    :func:`mrcnn_edu._tv.torchvision_ops` keeps ignoring torchvision in that mode: the package's fast paths
+    only ever hand work to torchvision's own compiled kernels.
+    """
+    try:
+        import torchvision
+        import torchvision.extension
+
+        if torchvision.extension._has_ops():
+            return torchvision, "compiled"
+    except ImportError:
+        raise
+    except Exception:  # the import itself fails where the extension's operators are missing
+        _purge_torchvision_modules()
+    _import_onnx()
+    if not hasattr(torch.ops.torchvision, "nms"):
+        _define_torchvision_operators()
+    import importlib
+
+    import torchvision
+
+    # torchvision's Python wrappers check that its extension loaded before calling an operator (roi_align
+    # falls back to a slow Python version); the operators they call are now registered, so those checks
+    # are lifted, in these two modules only. (``torchvision.ops.roi_align`` is the function, hence
+    # import_module for the module of the same name.)
+    boxes_module = importlib.import_module("torchvision.ops.boxes")
+    roi_align_module = importlib.import_module("torchvision.ops.roi_align")
+    boxes_module._assert_has_ops = lambda: None
+    roi_align_module._assert_has_ops = lambda: None
+    roi_align_module._has_ops = lambda: True
+    return torchvision, "onnxruntime"
