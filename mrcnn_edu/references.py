@@ -38,7 +38,8 @@ from ._checks import check_tensor
 from .nms import _check_args as _check_nms_args
 from .roi_align import _pair
 
-__all__ = ["available", "onnx_nms", "onnx_roi_align", "onnx_max_roi_pool", "import_torchvision"]
+__all__ = ["available", "onnx_nms", "onnx_roi_align", "onnx_max_roi_pool", "import_torchvision",
+           "seeded_torchvision_maskrcnn"]
 
 # RoiAlign's coordinate_transformation_mode attribute appeared in opset 16; NonMaxSuppression and
 # MaxRoiPool are unchanged there since opsets 11 and 1.
@@ -332,3 +333,37 @@ def import_torchvision():
     roi_align_module._assert_has_ops = lambda: None
     roi_align_module._has_ops = lambda: True
     return torchvision, "onnxruntime"
+
+
+def seeded_torchvision_maskrcnn(seed: int = 0, num_classes: int = 91):
+    """torchvision's ``maskrcnn_resnet50_fpn``, eval mode, seeded random weights that act like trained ones.
+
+    A parity test or a benchmark needs a model whose every stage does real work without any download.
+    torchvision's own random initialisation does not give that: its classifier scores every class about
+    1 / num_classes, below the 0.05 detection threshold, so nothing is detected and the mask branch never
+    runs. So, from ``torch.manual_seed(seed)``: BatchNorm layers get random running statistics (eps 0, as
+    the COCO_V1 weights), the RPN gets small deltas and moderate objectness (its proposals stay near the
+    anchors), the classifier gets spread-out biases (scores around 0.1-0.2: detections exist, without ties
+    at 1.0), and the mask logits are scaled to a few units (so the thresholded masks do not hinge on
+    probabilities that are 0.5 up to rounding). Needs :func:`import_torchvision`.
+    """
+    torchvision, _ = import_torchvision()
+    torch.manual_seed(seed)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=num_classes
+    )
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eps = 0.0
+                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=g) * 0.1)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) * 0.5 + 0.75)
+        model.rpn.head.bbox_pred.weight.normal_(0, 5e-4, generator=g)
+        model.rpn.head.cls_logits.weight.normal_(0, 2e-3, generator=g)
+        predictor = model.roi_heads.box_predictor
+        predictor.cls_score.weight.normal_(0, 2e-3, generator=g)
+        predictor.cls_score.bias.normal_(0, 1.0, generator=g)
+        predictor.bbox_pred.weight.normal_(0, 1e-2, generator=g)
+        model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(0.05)
+    return model.eval()

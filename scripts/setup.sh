@@ -24,6 +24,15 @@ fi
 
 if [ "$extra" = "test" ]; then
   "${pip[@]}" -e ".[test]"
+  # torchvision is a test reference only (mrcnn_edu never imports it for its own work). Its Python code
+  # is installed without dependencies, at the release paired with the installed torch (torch 2.N pairs
+  # with torchvision 0.(N+15)), so no other torch can be pulled in. Where its compiled ops do not load
+  # (no CPU build here), mrcnn_edu.references.import_torchvision puts onnxruntime kernels behind them.
+  if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torchvision') is None)"; then
+    tv=$(.venv/bin/python -c "import torch; m = int(torch.__version__.split('.')[1]); print(f'0.{m + 15}.*')")
+    "${pip[@]}" --no-deps "torchvision==$tv" \
+      || echo "setup: torchvision $tv not installed; the torchvision parity tests will skip"
+  fi
 else
   "${pip[@]}" -e .
 fi

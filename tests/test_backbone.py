@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrcnn_edu._tv import torchvision_ops
 from mrcnn_edu.backbone import (
     BACKBONE_SPECS,
     FrozenBatchNorm2d,
@@ -100,12 +99,8 @@ def test_state_dict_names_and_shapes_equal_torchvision(name, blocks, bottleneck)
     assert list(bn_model.state_dict()) == list(without_fc)
 
 
-def test_state_dict_equals_torchvision_where_available():
-    if torchvision_ops() is None:
-        pytest.skip("torchvision (with working compiled ops) is not installed here")
-    import torchvision
-
-    tv = torchvision.models.resnet50(weights=None).state_dict()
+def test_state_dict_equals_torchvision_where_available(torchvision_reference):
+    tv = torchvision_reference.models.resnet50(weights=None).state_dict()
     ours = _on_meta("resnet50", norm="bn").state_dict()
     assert {k: tuple(v.shape) for k, v in ours.items()} == {
         k: tuple(v.shape) for k, v in tv.items() if not k.startswith("fc.")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from mrcnn_edu._tv import torchvision_ops
 from mrcnn_edu.boxes import box_iou
 from mrcnn_edu.detection import detect, detect_batch, select_candidates
 
@@ -331,8 +330,7 @@ def test_bad_input_batch():
         select_candidates(HAND_PROBS, "top")
 
 
-@pytest.mark.skipif(torchvision_ops() is None, reason="torchvision's compiled ops do not load here")
-def test_matches_torchvision_postprocess_detections():
+def test_matches_torchvision_postprocess_detections(torchvision_reference):
     from torchvision.models.detection.roi_heads import RoIHeads
 
     parts = [_random_case(s, rois=80, classes=3) for s in (4, 5)]

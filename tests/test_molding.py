@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mrcnn_edu._tv import torchvision_ops
 from mrcnn_edu.boxes import box_iou, masks_to_boxes
 from mrcnn_edu.molding import (
     IMAGENET_MEAN,
@@ -142,9 +141,7 @@ def test_minmax_size_matches_torchvision_interpolate_call(hw):
     assert meta.scale == scale
 
 
-def test_minmax_pixels_match_torchvision_transform():
-    if torchvision_ops() is None:
-        pytest.skip("torchvision's compiled ops do not load here")
+def test_minmax_pixels_match_torchvision_transform(torchvision_reference):
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
     image = _image(48, 70)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from mrcnn_edu._tv import torchvision_ops
 from mrcnn_edu.boxes import box_iou
 from mrcnn_edu.proposals import (
     anchor_levels,
@@ -354,8 +353,7 @@ def test_bad_input_pieces():
         two_logit_objectness(torch.zeros(3, 3))
 
 
-@pytest.mark.skipif(torchvision_ops() is None, reason="torchvision's compiled ops do not load here")
-def test_matches_torchvision_filter_proposals():
+def test_matches_torchvision_filter_proposals(torchvision_reference):
     from torchvision.models.detection.rpn import RegionProposalNetwork
 
     objectness, deltas, anchors = _random_case(11, batch=2, num_anchors=600)

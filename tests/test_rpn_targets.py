@@ -270,11 +270,9 @@ def test_cuda_matches_cpu():
         rpn_targets(ANCHORS_256.cuda(), gt)
 
 
-def test_matches_torchvision_rpn_assignment():
-    try:
-        from torchvision.models.detection.rpn import RegionProposalNetwork
-    except Exception as exc:  # not installed, or its compiled ops fail to load
-        pytest.skip(f"torchvision's RegionProposalNetwork is not importable here: {exc}")
+def test_matches_torchvision_rpn_assignment(torchvision_reference):
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
     gt = _scene(seed=6, num_gt=12)
     rpn = RegionProposalNetwork(None, None, 0.7, 0.3, 256, 0.5, dict(training=1, testing=1),
                                 dict(training=1, testing=1), 0.7)
