@@ -292,3 +292,27 @@ def test_matches_torchvision_anchor_generator(torchvision_reference):
     ours, _ = pyramid_anchors(MATTERPORT_ANCHOR_SCALES, (2.0, 1.0, 0.5), shapes, strides, round_base=True)
     assert torch.equal(ours, expected)
     assert math.isclose(float((ours[0, 2] - ours[0, 0]) / (ours[0, 3] - ours[0, 1])), 46 / 22, rel_tol=1e-6)
+
+
+def test_per_axis_strides_match_torchvision_on_an_odd_p6(torchvision_reference):
+    # An 800 x 1088 canvas: P6 has ceil(25 / 2) = 13 rows, and torchvision steps its anchors 800 // 13 = 61
+    # pixels down (1088 // 17 = 64 across). The model's torchvision preset asks for exactly that.
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    canvas = (800, 1088)
+    shapes = [(200, 272), (100, 136), (50, 68), (25, 34), (13, 17)]
+    strides = [(canvas[0] // h, canvas[1] // w) for h, w in shapes]
+    assert strides[-1] == (61, 64)
+    gen = AnchorGenerator(tuple((s,) for s in MATTERPORT_ANCHOR_SCALES), ((0.5, 1.0, 2.0),) * 5)
+    features = [torch.zeros(1, 1, *s) for s in shapes]
+    expected = gen(ImageList(torch.zeros(1, 3, *canvas), [canvas]), features)[0]
+    ours, _ = pyramid_anchors(MATTERPORT_ANCHOR_SCALES, (2.0, 1.0, 0.5), shapes, strides, round_base=True)
+    assert torch.equal(ours, expected)
+    loop = level_anchors_loop(512, (2.0, 1.0, 0.5), shapes[-1], strides[-1], round_base=True)
+    assert torch.equal(loop, ours[-len(loop):])
+
+
+def test_stride_pair_must_have_two_entries():
+    with pytest.raises(ValueError, match="feature_stride"):
+        level_anchors(32, (1.0,), (4, 4), (4, 4, 4))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from mrcnn_edu import masks as masks_module
 from mrcnn_edu.boxes import masks_to_boxes
-from mrcnn_edu.masks import mask_iou, paste_mask_loop, paste_masks
+from mrcnn_edu.masks import mask_iou, pad_masks_and_snap_boxes, paste_mask_loop, paste_masks
 
 
 def _rle(masks: torch.Tensor):
@@ -304,3 +304,37 @@ def test_round_trip_resolution_effect():
     ious = _cut_and_paste(torch.stack((disc, stripes)), aligned=True)
     assert ious[0] > 0.97
     assert ious[1] < 0.5  # one 28-grid cell spans ~6.4 px: stripes 12 px apart along the diagonal blur away
+
+
+# --- torchvision's pasting geometry ---------------------------------------------------------------------
+
+
+def test_pad_and_snap_hand_case():
+    # A 2x2 mask on box (1.5, 2.2, 5.5, 6.9): scale (2 + 2) / 2 = 2 about the centre (3.5, 4.55) gives
+    # (-0.5, 0.1, 7.5, 9.0), truncated toward zero to (0, 0, 7, 9): 8 x 10 pixels from (0, 0).
+    padded, snapped = pad_masks_and_snap_boxes(torch.ones(1, 2, 2), torch.tensor([[1.5, 2.2, 5.5, 6.9]]))
+    assert padded.shape == (1, 4, 4)
+    assert torch.equal(padded[0], F.pad(torch.ones(2, 2), (1, 1, 1, 1)))
+    assert snapped.tolist() == [[0.0, 0.0, 8.0, 10.0]]
+
+
+def test_pad_and_snap_matches_torchvision_paste(torchvision_reference):
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand(40, 28, 28, generator=g)
+    # Corners may leave the image on any side, but each box overlaps it (torchvision fails on a box wholly
+    # outside the image, which its detections never are: they are clipped first).
+    xy = torch.rand(40, 2, generator=g) * 60 - 5
+    wh = torch.rand(40, 2, generator=g) * 60 + 0.2
+    boxes = torch.cat((xy, xy + wh), dim=1)
+    expected = paste_masks_in_image(masks[:, None], boxes, (70, 90), padding=1)[:, 0]
+    ours = paste_masks(*pad_masks_and_snap_boxes(masks, boxes), (70, 90))
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_pad_and_snap_bad_input():
+    with pytest.raises(ValueError, match="padding"):
+        pad_masks_and_snap_boxes(torch.ones(1, 2, 2), torch.zeros(1, 4), padding=-1)
+    with pytest.raises(ValueError, match="one row per mask"):
+        pad_masks_and_snap_boxes(torch.ones(2, 2, 2), torch.zeros(1, 4))
