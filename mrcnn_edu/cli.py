@@ -1,12 +1,20 @@
 """The ``mrcnn-edu`` command (also ``python -m mrcnn_edu``).
 
     mrcnn-edu demo                      train shapes on CPU, evaluate on held-out shapes, draw the results
-    mrcnn-edu train  [--preset P] [--set field=value ...] [--resume]
-    mrcnn-edu eval   --checkpoint PATH [--coco JSON --images DIR]
-    mrcnn-edu predict --checkpoint PATH IMAGE...
+    mrcnn-edu train  [--preset P] [--set field=value ...] [--resume] [--backbone-weights imagenet:PATH]
+    mrcnn-edu eval   (--checkpoint PATH | --weights SPEC) [--coco JSON --images DIR]
+    mrcnn-edu predict (--checkpoint PATH | --weights SPEC) IMAGE...
     mrcnn-edu export-shapes --out DIR   write a shapes set as COCO json + PNGs ("bring your own data" example)
+    mrcnn-edu grade PATH...             run the exercise checks on students' notebooks / modules, score table
+    mrcnn-edu exercises build           regenerate the student exercise notebooks from the instructor ones
 
-Every config field can be overridden with ``--set field=value`` (see ``mrcnn_edu.config.Config``).
+Every config field can be overridden with ``--set field=value`` (see ``mrcnn_edu.config.Config``); for
+eval and predict that changes inference settings such as ``detection_min_confidence`` or ``min_dim``.
+
+``--checkpoint`` loads a model trained by ``mrcnn-edu train``; ``--weights torchvision:PATH`` loads a
+Mask R-CNN state dict saved by torchvision (e.g. its COCO-trained ``maskrcnn_resnet50_fpn``, which you
+download once: mrcnn-edu never downloads) into the ``torchvision`` preset, whose labels are COCO category
+ids. ``IMAGE`` may be ``photo:NAME``, one of the bundled photographs (``mrcnn_edu.data.photos``).
 """
 
 from __future__ import annotations
@@ -53,33 +61,101 @@ def _datasets(args, config):
     return train, val, config.class_names
 
 
-def _load_model(path, device="cpu"):
+def _load_model(path, device="cpu", overrides=()):
+    """An eval-mode model from a training checkpoint; ``overrides`` are ``"field=value"`` strings."""
     from .checkpoint import load_checkpoint
     from .config import Config
     from .model import MaskRCNN
 
     state = load_checkpoint(path)
-    model = MaskRCNN(Config.from_dict(state["config"]))
+    model = MaskRCNN(Config.from_dict(state["config"]).override(*overrides))
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
 
-def _predict_all(model, dataset, batch_size=8):
+def _load_weights(spec: str, device="cpu", overrides=()):
+    """An eval-mode model from ``--weights SPEC`` (``torchvision:PATH``), in the ``torchvision`` preset.
+
+    A malformed spec, another kind of weights or a missing or unreadable file ends the command with a message
+    saying what was expected (SystemExit, so the console shows one line, not a traceback).
+    """
+    from .config import Config
+    from .pretrained import load_torchvision_maskrcnn, parse_weights_spec
+
+    try:
+        kind, path = parse_weights_spec(spec)
+    except ValueError as err:
+        raise SystemExit(f"--weights {spec!r}: {err}") from None
+    if kind != "torchvision":
+        raise SystemExit(
+            f"--weights {spec!r}: only torchvision:PATH (a torchvision Mask R-CNN state dict) loads a whole "
+            f"detector, got kind {kind!r}"
+        )
+    if not Path(path).is_file():
+        raise SystemExit(
+            f"--weights {spec!r}: the file {path} does not exist (mrcnn-edu never downloads: fetch "
+            "torchvision's maskrcnn_resnet50_fpn COCO weights once on a machine with internet)"
+        )
+    config = Config.preset("torchvision").override(*overrides)
+    if config.num_classes != len(config.class_names):  # weights fine-tuned on other classes: no names
+        config = config.replace(class_names=())
+    try:
+        model = load_torchvision_maskrcnn(path, config.num_classes, config=config, device=device)
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise SystemExit(f"--weights {spec!r}: could not load {path}: {err}") from None
+    return model.eval()
+
+
+def _model_from_args(args):
+    """The model of ``--checkpoint`` or ``--weights`` (exactly one, argparse checks), ``--set`` applied."""
+    if args.weights:
+        return _load_weights(args.weights, args.device, args.set)
+    return _load_model(args.checkpoint, args.device, args.set)
+
+
+def _class_names(model) -> tuple:
+    """Names indexed by label: the config's (COCO names for the torchvision preset), else none (numbers)."""
+    return tuple(model.config.class_names)
+
+
+def _relabel(prediction: dict, cat_id_to_label: dict) -> dict:
+    """A prediction whose labels are COCO category ids, renumbered to a CocoDataset's contiguous labels.
+
+    Detections of categories the data set does not have are dropped (pycocotools ignores them too: it only
+    evaluates the ground truth's categories).
+    """
     import torch
 
+    ids = prediction["labels"].tolist()
+    device = prediction["labels"].device
+    keep = torch.tensor([i in cat_id_to_label for i in ids], dtype=torch.bool, device=device)
+    out = {k: v[keep] for k, v in prediction.items()}
+    out["labels"] = torch.tensor(
+        [cat_id_to_label[i] for i in ids if i in cat_id_to_label], dtype=torch.int64, device=keep.device
+    )
+    return out
+
+
+def _predict_all(model, dataset, batch_size=8, cat_id_to_label=None):
+    """Eval-mode predictions and targets of a whole data set; labels translated by ``cat_id_to_label``."""
+    import torch
+
+    device = next(model.parameters()).device
     predictions, targets = [], []
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            predictions += model([im for im, _ in items])
+            predictions += model([im.to(device) for im, _ in items])
             targets += [t for _, t in items]
+    if cat_id_to_label is not None:
+        predictions = [_relabel(p, cat_id_to_label) for p in predictions]
     return predictions, targets
 
 
-def _report(model, dataset, class_names, out_dir: Path, prefix: str) -> dict:
+def _report(model, dataset, class_names, out_dir: Path, prefix: str, cat_id_to_label=None) -> dict:
     from .evaluate import coco_evaluate, format_table, mean_voc_ap, plot_precision_recall
 
-    predictions, targets = _predict_all(model, dataset)
+    predictions, targets = _predict_all(model, dataset, cat_id_to_label=cat_id_to_label)
     results = coco_evaluate(predictions, targets, class_names=class_names)
     results["voc_mAP50_masks"] = mean_voc_ap(predictions, targets, iou_threshold=0.5, use_masks=True)
     table = format_table(results)
@@ -97,43 +173,116 @@ def cmd_train(args) -> int:
 
     config = _config(args)
     train_set, val_set, _ = _datasets(args, config)
+    model = None
+    if args.backbone_weights:
+        from .model import MaskRCNN
+        from .pretrained import init_backbone_from_imagenet, parse_weights_spec
+
+        kind, path = parse_weights_spec(args.backbone_weights)
+        if kind != "imagenet":
+            raise SystemExit(f"train --backbone-weights takes imagenet:PATH, got {args.backbone_weights!r}")
+        try:
+            model = init_backbone_from_imagenet(MaskRCNN(config), path)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"train --backbone-weights: {e}") from None
     summary = train(
-        config, train_set, val_set, out_dir=args.out, resume=args.resume, max_minutes=args.minutes
+        config,
+        train_set,
+        val_set,
+        model=model,
+        out_dir=args.out,
+        resume=args.resume,
+        max_minutes=args.minutes,
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
+def _category_ids_by_label(model, val_set) -> dict:
+    """For torchvision weights (label = COCO category id): the data set's category id -> its label.
+
+    Categories are matched by id, as COCO's own evaluation does; a name that differs between the json and
+    the weights is reported (e.g. a data set numbering its own categories from 1).
+    """
+    names = _class_names(model)
+    for cat_id, label in val_set.cat_id_to_label.items():
+        ours = names[cat_id] if cat_id < len(names) else None
+        if names and ours != val_set.class_names[label]:
+            print(
+                f"eval: note: category id {cat_id} is {val_set.class_names[label]!r} in the json but "
+                f"{ours!r} for the weights; categories are matched by id"
+            )
+    return dict(val_set.cat_id_to_label)
+
+
 def cmd_eval(args) -> int:
-    model = _load_model(args.checkpoint)
+    if args.weights and not args.coco:
+        raise SystemExit("eval --weights needs a COCO-format set: --coco JSON --images DIR")
+    model = _model_from_args(args)
     _, val_set, class_names = _datasets(args, model.config)
-    _report(model, val_set, class_names, Path(args.out), "eval")
+    cat_map = _category_ids_by_label(model, val_set) if args.weights else None
+    _report(model, val_set, class_names, Path(args.out), "eval", cat_id_to_label=cat_map)
     return 0
 
 
-def cmd_predict(args) -> int:
+def _read_image(name: str):
+    """``(image [3, H, W] float 0-1, stem)`` of an image file or of ``photo:NAME`` (a bundled photograph)."""
     import numpy as np
     import torch
     from PIL import Image
 
+    if name.startswith("photo:"):
+        from .data.photos import load_photo
+
+        try:
+            return load_photo(name.removeprefix("photo:")), name.removeprefix("photo:")
+        except (ValueError, ImportError) as err:
+            raise SystemExit(f"predict: {name}: {err}") from None
+    path = Path(name)
+    if not path.is_file():
+        raise SystemExit(f"predict: image file {path} does not exist")
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(pixels).permute(2, 0, 1), path.stem
+
+
+def cmd_predict(args) -> int:
+    import torch
+
     from .visualize import save_detections
 
-    model = _load_model(args.checkpoint)
-    class_names = model.config.class_names
+    images = [_read_image(name) for name in args.images]  # a bad name fails before the model is built
+    model = _model_from_args(args)
+    device = next(model.parameters()).device
+    class_names = _class_names(model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in args.images:
-        path = Path(name)
-        if not path.is_file():
-            raise SystemExit(f"predict: image file {path} does not exist")
-        image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(
-            2, 0, 1
-        )
+    for name, (image, stem) in zip(args.images, images, strict=True):
         with torch.no_grad():
-            result = model([image])[0]
-        target = out / f"{path.stem}_detections.png"
+            result = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
+        target = out / f"{stem}_detections.png"
         save_detections(image, result, class_names, target, score_threshold=args.score_threshold)
-        print(f"{path}: {len(result['boxes'])} detections -> {target}")
+        kept = result["scores"] >= args.score_threshold
+        found = [
+            {
+                "label": label,
+                "name": class_names[label] if label < len(class_names) else str(label),
+                "score": round(score, 4),
+                "box": [round(v, 2) for v in box],
+            }
+            for label, score, box in zip(
+                result["labels"][kept].tolist(),
+                result["scores"][kept].tolist(),
+                result["boxes"][kept].tolist(),
+                strict=True,
+            )
+        ]
+        (out / f"{stem}_detections.json").write_text(json.dumps(found, indent=1))
+        summary = ", ".join(f"{d['name']} {d['score']:.2f}" for d in found[:8])
+        summary += " ..." if len(found) > 8 else ""
+        print(
+            f"{name}: {len(result['boxes'])} detections, {len(found)} scoring >= {args.score_threshold}"
+            f"{': ' + summary if found else ''} -> {target}"
+        )
     return 0
 
 
@@ -171,6 +320,24 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint written by mrcnn-edu train (last.pt)")
+    source.add_argument(
+        "--weights",
+        metavar="SPEC",
+        help="torchvision:PATH, a torchvision maskrcnn_resnet50_fpn state dict (labels = COCO category ids)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override an inference setting, e.g. detection_min_confidence=0.3 or min_dim=512",
+    )
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrcnn-edu", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument(
+        "--backbone-weights",
+        metavar="imagenet:PATH",
+        help="start the backbone from torchvision ImageNet ResNet weights (a local .pth file)",
+    )
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this many minutes")
     p.add_argument("--train-images", type=int, default=4000, help="generated shapes images (no --train-coco)")
     p.add_argument("--val-images", type=int, default=100)
@@ -212,23 +384,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="COCO AP (bbox, segm) and VOC AP@0.5 of a checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("eval", help="COCO AP (bbox, segm) and VOC AP@0.5 of a checkpoint or of weights")
+    _add_model_args(p)
     p.add_argument("--coco", help="COCO json to evaluate on (default: generated held-out shapes)")
     p.add_argument("--images", help="image folder for --coco")
     p.add_argument("--val-images", type=int, default=100)
     p.add_argument("--out", default="runs/eval")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="draw detections of a checkpoint on images")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("images", nargs="+")
+    p = sub.add_parser("predict", help="draw detections of a checkpoint or of weights on images")
+    _add_model_args(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="an image file, or photo:NAME (bundled photo)")
     p.add_argument("--out", default="runs/predict")
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.set_defaults(func=cmd_predict)
 
     # Listed for --help; its own arguments are parsed by mrcnn_edu.data.export.main (see main below).
     sub.add_parser("export-shapes", help="write generated shapes as COCO json + PNGs", add_help=False)
+
+    from . import exercise_notebooks, grade
+
+    p = sub.add_parser("grade", help="run the exercise checks on students' notebooks or modules")
+    grade.add_arguments(p)
+    p.set_defaults(func=grade.run)
+
+    p = sub.add_parser("exercises", help="classroom exercise notebooks")
+    exercises_sub = p.add_subparsers(dest="exercises_command", required=True)
+    p = exercises_sub.add_parser("build", help="regenerate the student notebooks from the instructor ones")
+    exercise_notebooks.add_arguments(p)
+    p.set_defaults(func=exercise_notebooks.run)
     return parser
 
 

@@ -992,6 +992,9 @@ def _call(fn: Callable, name: str, case: _Case, where: str):
     kwargs = {k: _clone(v) for k, v in case.kwargs.items()}
     try:
         out = fn(*args, **kwargs)
+    except NotImplementedError:  # the stub of the student notebook, not yet replaced
+        signature = EXERCISES[name].signature if name in EXERCISES else name
+        raise _Fail(f"FAIL {name}: not implemented yet. Write `{signature}` and check it again.") from None
     except Exception as exc:  # the student's bug: report it, never propagate it
         raise _Fail(
             f"FAIL {name}, {where}: {_exception_text(name, exc)}\n  Inputs:\n{_inputs_text(case)}"

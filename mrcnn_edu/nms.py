@@ -126,12 +126,23 @@ def _prefilter_is_safe(boxes: torch.Tensor, iou_threshold: float) -> bool:
     return bool(torch.isfinite(boxes).all() and ((sizes <= 0) | (sizes >= smallest)).all())
 
 
-def _sliding_windows(lo: torch.Tensor, reach: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _sliding_windows(
+    lo: torch.Tensor, reach: torch.Tensor, group: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort boxes by ``lo`` and count, for each, the later boxes whose ``lo`` is within its window.
 
-    lo, reach: ``[M]`` start of each box along one axis and its window length. Returns ``perm`` (the sort
-    order) and int64 ``counts`` ``[M]``: sorted box ``p`` pairs with sorted boxes ``p+1 .. p+counts[p]``.
+    lo, reach: ``[M]`` start of each box along one axis and its window length. group: ``[M]`` int64 group
+    ranks ``0..G-1`` or None; with groups, windows stay inside a group (boxes sort by group, then ``lo``).
+    Returns ``perm`` (the sort order) and int64 ``counts`` ``[M]``: sorted box ``p`` pairs with sorted boxes
+    ``p+1 .. p+counts[p]``.
     """
+    if group is not None and lo.numel():
+        # Lay the groups one after another along the axis, each past the previous one's reach. Only the
+        # windows use these shifted starts (the padding below covers their float64 round-off, so a window
+        # can grow by a hair but never shrink); the geometry tests use the boxes' own coordinates.
+        lo, reach = lo.double(), reach.double()
+        span = float(lo.max() - lo.min() + reach.max()) + 1.0
+        lo = lo - lo.min() + group.double() * span
     sorted_lo, perm = torch.sort(lo, stable=True)
     reach = reach.index_select(0, perm)
     # Round-off in lo + reach must not shrink a window: pad it by a few ulps of the numbers involved.
@@ -191,7 +202,10 @@ def _nms_sparse(
     # either box, so the boxes overlap along x by more than t * max(w_a, w_b), and likewise along y.
     # Hence if x1_a <= x1_b then x1_b < x1_a + (1 - t) * w_a: a sliding window along x (or y, whichever
     # lists fewer pairs) finds every candidate pair, and two overlap tests discard most of them.
-    windows = [_sliding_windows(geo[:, axis], (1 - t) * sizes[:, axis]) for axis in (0, 1)]
+    g = None
+    if groups is not None:
+        g = torch.unique(groups.index_select(0, order).index_select(0, ranks), return_inverse=True)[1]
+    windows = [_sliding_windows(geo[:, axis], (1 - t) * sizes[:, axis], g) for axis in (0, 1)]
     axis = 0 if windows[0][1].sum() <= windows[1][1].sum() else 1
     perm, counts = windows[axis]
     geo = geo.index_select(0, perm)  # rows in window order: box p pairs with p+1 .. p+counts[p]
@@ -206,8 +220,7 @@ def _nms_sparse(
         found.append(torch.stack((a, b)))
     a, b = torch.cat(found, dim=1)
     a, b = perm.index_select(0, a), perm.index_select(0, b)
-    if groups is not None:
-        g = groups.index_select(0, order).index_select(0, ranks)
+    if g is not None:  # pairs that the windows' padding let across a group boundary
         a, b = _select(g.index_select(0, a) == g.index_select(0, b), a, b)
     a, b = ranks.index_select(0, a), ranks.index_select(0, b)
     iou = matched_box_iou(ranked.index_select(0, a), ranked.index_select(0, b))

@@ -341,8 +341,9 @@ def seeded_torchvision_maskrcnn(seed: int = 0, num_classes: int = 91):
     A parity test or a benchmark needs a model whose every stage does real work without any download.
     torchvision's own random initialisation does not give that: its classifier scores every class about
     1 / num_classes, below the 0.05 detection threshold, so nothing is detected and the mask branch never
-    runs. So, from ``torch.manual_seed(seed)``: BatchNorm layers get random running statistics (eps 0, as
-    the COCO_V1 weights), the RPN gets small deltas and moderate objectness (its proposals stay near the
+    runs. So, from ``torch.manual_seed(seed)``: the BatchNorm layers become torchvision's
+    ``FrozenBatchNorm2d`` with eps 0 and random statistics (the structure of torchvision's COCO_V1 model, so
+    its speed too), the RPN gets small deltas and moderate objectness (its proposals stay near the
     anchors), the classifier gets spread-out biases (scores around 0.1-0.2: detections exist, without ties
     at 1.0), and the mask logits are scaled to a few units (so the thresholded masks do not hinge on
     probabilities that are 0.5 up to rounding). Needs :func:`import_torchvision`.
@@ -353,12 +354,17 @@ def seeded_torchvision_maskrcnn(seed: int = 0, num_classes: int = 91):
         weights=None, weights_backbone=None, num_classes=num_classes
     )
     g = torch.Generator().manual_seed(seed)
+    frozen = torchvision.ops.misc.FrozenBatchNorm2d
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.eps = 0.0
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=g) * 0.1)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) * 0.5 + 0.75)
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.BatchNorm2d):
+                    bn = frozen(child.num_features, eps=0.0)
+                    bn.weight.copy_(child.weight)
+                    bn.bias.copy_(child.bias)
+                    bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=g) * 0.1)
+                    bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) * 0.5 + 0.75)
+                    setattr(parent, name, bn)
         model.rpn.head.bbox_pred.weight.normal_(0, 5e-4, generator=g)
         model.rpn.head.cls_logits.weight.normal_(0, 2e-3, generator=g)
         predictor = model.roi_heads.box_predictor
