@@ -163,9 +163,9 @@ def _matterport_scale(h: int, w: int, mode: str, min_dim: int, max_dim: int, min
 
 
 def _torchvision_scale(h: int, w: int, min_dim: int, max_dim: int) -> float:
-    # torchvision divides python floats by a float32 tensor, so the scale is rounded to float32.
-    sides = torch.tensor([h, w], dtype=torch.float32)
-    return torch.minimum(min_dim / sides.min(), max_dim / sides.max()).item()
+    # In Python floats, as torchvision's eager path: its float32 path (TorchScript, tracing) can round
+    # 800 / 427 so that 427 rows become 799, not 800.
+    return min(min_dim / min(h, w), max_dim / max(h, w))
 
 
 def resize_image(

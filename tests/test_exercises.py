@@ -632,8 +632,11 @@ def test_sites_hold_the_originals_and_no_other_module_does():
     import mrcnn_edu
 
     for info in pkgutil.walk_packages(mrcnn_edu.__path__, "mrcnn_edu."):
-        if info.name not in ("mrcnn_edu.__main__", "mrcnn_edu.exercises", "mrcnn_edu.grade"):
+        if info.name not in ("mrcnn_edu.__main__", "mrcnn_edu.grade"):
             importlib.import_module(info.name)
+    def never_swapped(name):  # the exercises package (its checks keep references) and the grader
+        return name in ("mrcnn_edu.exercises", "mrcnn_edu.grade") or name.startswith("mrcnn_edu.exercises.")
+
     for stage, attrs in exercises.SITES.items():
         for attr, modules in attrs.items():
             original = getattr(sys.modules[modules[0]], attr)
@@ -641,9 +644,29 @@ def test_sites_hold_the_originals_and_no_other_module_does():
                 assert getattr(sys.modules[module], attr) is original, (module, attr)
             holders = {
                 name for name, mod in list(sys.modules.items())
-                if name.startswith("mrcnn_edu.") and name not in ("mrcnn_edu.exercises", "mrcnn_edu.grade")
+                if name.startswith("mrcnn_edu.") and not never_swapped(name)
                 and mod is not None and mod.__dict__.get(attr) is original
             }  # fmt: skip
             assert holders <= set(modules), (
                 f"{stage}: {attr} also held by {holders - set(modules)}: add to SITES"
             )
+
+
+def test_a_swap_never_touches_the_exercises_package(monkeypatch):
+    import sys
+
+    from mrcnn_edu.exercises import check_boxes, check_nms
+
+    original = boxes.box_iou
+    assert check_boxes._box_iou is original and check_nms._box_iou is original  # they do hold originals
+    # even under the library's own name (as `from ..boxes import box_iou` would bind it), never swapped:
+    monkeypatch.setattr(check_boxes, "box_iou", original, raising=False)
+    exercises.use_student("box_iou", make_box_iou(plus=1.0))
+    assert rpn_targets.box_iou is not original  # the library is swapped...
+    assert check_boxes.box_iou is original
+    for name, module in list(sys.modules.items()):  # ...the package's own modules are not
+        if name == "mrcnn_edu.exercises" or name.startswith("mrcnn_edu.exercises."):
+            held = [v for v in vars(module).values() if hasattr(v, "_exercise_stage")]
+            assert held == [], (name, held)
+    assert exercises.run_check("box_iou", original).passed  # the check still compares with the reference
+    assert not exercises.run_check("box_iou", make_box_iou(plus=1.0)).passed

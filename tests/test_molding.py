@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,9 +112,10 @@ def test_pad64_mode_by_hand(hw, min_dim, resized, molded, padding):
         ((300, 500), 800, 1333, (799, 1333)),  # 1333/500 = 2.666 wins; floor(300 * 2.666) = 799
         ((48, 64), 80, 133, (80, 106)),
         ((64, 48), 80, 133, (106, 80)),
-        # Scales down: 133/200 = 0.665 wins, but float32 holds it as 0.66499996, so 200 rows become
-        # floor(132.99999) = 132, not 133: torchvision's float32 scale, reproduced on purpose.
-        ((200, 100), 80, 133, (132, 66)),
+        # Scales down: 133/200 = 0.665 wins (in float32 it would be 0.66499996 and give 132 rows).
+        ((200, 100), 80, 133, (133, 66)),
+        # 800/427 in float32 is 1.8735362 and gives floor(799.99997) = 799 rows; in Python floats 800.
+        ((427, 640), 800, 1333, (800, 1199)),
     ],
 )
 def test_minmax_mode_by_hand(hw, min_dim, max_dim, resized):
@@ -127,18 +127,17 @@ def test_minmax_mode_by_hand(hw, min_dim, max_dim, resized):
     assert meta.window == (0, 0, resized[1], resized[0])
 
 
-@pytest.mark.parametrize("hw", [(480, 640), (300, 500), (333, 500), (2000, 1000), (612, 612), (1000, 1500)])
-def test_minmax_size_matches_torchvision_interpolate_call(hw):
-    # torchvision's _resize_image_and_masks: float32 scale, interpolate(scale_factor, recompute=True).
-    image = torch.zeros((1, *hw))
-    sides = torch.tensor(hw, dtype=torch.float32)
-    scale = torch.min(800.0 / sides.min(), 1333.0 / sides.max()).item()
-    expected = F.interpolate(
-        image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
-    )[0]
+@pytest.mark.parametrize(
+    "hw", [(480, 640), (300, 500), (333, 500), (2000, 1000), (612, 612), (1000, 1500), (427, 640), (200, 100)]
+)
+def test_minmax_size_matches_torchvision_resize(hw, torchvision_reference):
+    from torchvision.models.detection.transform import _resize_image_and_masks
+
+    image = _image(*hw, seed=5)
+    expected, _ = _resize_image_and_masks(image, 800, 1333)
     out, meta = resize_image(image, mode="minmax", min_dim=800, max_dim=1333)
     assert out.shape == expected.shape
-    assert meta.scale == scale
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 
 def test_minmax_pixels_match_torchvision_transform(torchvision_reference):
@@ -516,6 +515,6 @@ def test_box_iou_is_the_package_one():
 
 def test_very_elongated_image_keeps_one_row():
     out, meta = resize_image(torch.rand(1, 1, 3000), "minmax", min_dim=800, max_dim=133)
-    assert out.shape == (1, 1, 132) and meta.resized_size == (1, 132)
+    assert out.shape == (1, 1, 133) and meta.resized_size == (1, 133)
     out, meta = resize_image(torch.rand(1, 1, 3000), "square", min_dim=0, max_dim=133)
     assert out.shape == (1, 133, 133) and meta.window == (0, 66, 133, 67)
