@@ -247,3 +247,28 @@ def test_bad_weights_spec_exits_non_zero_without_a_traceback():
     )
     assert out.returncode != 0
     assert "foo:bar" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_train_from_an_imagenet_backbone_file(tmp_path, capsys):
+    # A torchvision-layout ResNet-18 file (saved from our own module, whose keys are torchvision's; the
+    # loader itself is tested against torchvision in test_pretrained.py) starts the backbone of a run.
+    from mrcnn_edu.backbone import build_backbone
+
+    torch.manual_seed(3)
+    resnet = build_backbone("resnet18", norm="bn")
+    state = {**resnet.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
+    weights = tmp_path / "resnet18.pth"
+    torch.save(state, weights)
+    out = tmp_path / "run"
+    sets = [a for s in [*TINY, "backbone=resnet18", "steps=1"] for a in ("--set", s)]
+    args = ["train", "--out", str(out), "--train-images", "2", "--val-images", "1", *sets]
+    assert main([*args, "--backbone-weights", f"imagenet:{weights}"]) == 0
+    from mrcnn_edu.checkpoint import load_checkpoint
+
+    first_conv = load_checkpoint(out / "last.pt")["model"]["backbone.conv1.weight"]
+    # One warm-up SGD step moves the weights a little; a fresh initialisation would differ by ~0.1 or more.
+    assert (first_conv - resnet.conv1.weight).abs().max() < 0.02
+    with pytest.raises(SystemExit, match="imagenet:PATH"):
+        main([*args, "--backbone-weights", f"torchvision:{weights}"])
+    with pytest.raises(SystemExit, match="backbone-weights"):
+        main([*args, "--backbone-weights", f"imagenet:{tmp_path / 'missing.pth'}"])
