@@ -160,7 +160,8 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        return self.relu(y + shortcut)
+        y += shortcut  # in place: y is this block's own new tensor, and one allocation less per block
+        return self.relu(y)
 
 
 class Bottleneck(nn.Module):
@@ -188,7 +189,8 @@ class Bottleneck(nn.Module):
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return self.relu(y + shortcut)
+        y += shortcut  # in place: y is this block's own new tensor, and one allocation less per block
+        return self.relu(y)
 
 
 class ResNet(nn.Module):
