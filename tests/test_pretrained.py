@@ -30,14 +30,9 @@ COUNTER = "num_batches_tracked"
 
 
 @pytest.fixture(scope="module")
-def tv():
-    try:
-        from mrcnn_edu.references import import_torchvision
-
-        torchvision, _ = import_torchvision()
-    except ImportError as err:
-        pytest.skip(f"torchvision's Python models are the reference state dicts here, unavailable: {err}")
-    return torchvision
+def tv(torchvision_reference):
+    """torchvision's Python models: the source of the reference state dicts."""
+    return torchvision_reference
 
 
 def _tv_maskrcnn(tv, num_classes=91, seed=0):

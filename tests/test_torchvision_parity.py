@@ -27,13 +27,10 @@ MASK_IOU = 0.99
 
 
 @pytest.fixture(scope="module")
-def reference():
-    try:
-        from mrcnn_edu.references import import_torchvision, seeded_torchvision_maskrcnn
+def reference(torchvision_reference):
+    from mrcnn_edu.references import import_torchvision, seeded_torchvision_maskrcnn
 
-        _, kernels = import_torchvision()
-    except ImportError as exc:
-        pytest.skip(f"torchvision's Python code (or onnxruntime for its kernels) is not installed: {exc}")
+    _, kernels = import_torchvision()
     return seeded_torchvision_maskrcnn(seed=0), kernels
 
 
