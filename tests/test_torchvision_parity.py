@@ -88,13 +88,13 @@ def test_outputs_match_torchvision(reference, images, device):
         # Proposals: torchvision returns boxes only; ours also carry scores. Same count (post-NMS top 1000).
         props = trace["proposals"][i]["boxes"]
         assert props.shape == ref_props.shape and len(props) > 0, f"image {i}: proposal count"
-        index, distance = _match(ref_props, props)
-        near = distance <= BOX_TOL
+        _, proposal_distance = _match(ref_props, props)
+        near = proposal_distance <= BOX_TOL
         # A proposal whose score ties another's to within float rounding may swap in or out at the NMS or
         # top-k boundary; allow a handful (out of 1000), and report them.
         assert near.float().mean() >= 0.995, (
             f"image {i}: {int((~near).sum())} of {len(ref_props)} proposals have no counterpart within "
-            f"{BOX_TOL} px (worst {distance.max():.4g})"
+            f"{BOX_TOL} px (worst {proposal_distance.max():.4g})"
         )
 
         # Final detections: same number, labels, boxes, scores, masks.
@@ -108,3 +108,9 @@ def test_outputs_match_torchvision(reference, images, device):
         masks = res["masks"][index, 0] > 0.5
         iou = mask_iou(ref_masks, masks).diagonal()
         assert iou.min() >= MASK_IOU, f"image {i}: worst mask IoU {iou.min():.4f}"
+        score_diff = (res["scores"][index] - ref_res["scores"]).abs().max()
+        print(  # the measured agreement, for the record (pytest -s)
+            f"{device} image {i}: {int(near.sum())}/{len(ref_props)} proposals matched, worst "
+            f"{proposal_distance.max():.2g} px; {len(index)} detections, worst box {distance.max():.2g} px, "
+            f"worst score {score_diff:.2g}, worst mask IoU {iou.min():.4f}"
+        )
