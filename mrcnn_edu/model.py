@@ -107,6 +107,19 @@ def _check_images(images) -> list[torch.Tensor]:
     return list(images)
 
 
+def _image_size(meta) -> tuple[int, int]:
+    """``(h, w)`` of the image inside its molded frame, for ``clip_to_image``: clipping takes sizes, so the
+    image must start at the top-left corner (``minmax``, ``none``, ``crop``), not be centred by padding."""
+    x1, y1, x2, y2 = meta.window
+    if (x1, y1) != (0, 0):
+        raise ValueError(
+            f"config.clip_to_image needs the image at the top-left of the molded frame, but resize_mode "
+            f"{meta.mode!r} puts it at {(x1, y1)}; use resize_mode 'minmax', 'none' or 'crop', or "
+            "clip_to_image=False"
+        )
+    return y2, x2
+
+
 class MaskRCNN(nn.Module):
     """The trainable detector; ``config`` (a :class:`mrcnn_edu.config.Config`) fixes every choice.
 
@@ -180,7 +193,7 @@ class MaskRCNN(nn.Module):
         record("rpn_deltas", rpn_deltas)
 
         # The region boxes are clipped to: each image's own size (torchvision) or the padded canvas.
-        clip_sizes = [m.window[2:][::-1] if cfg.clip_to_image else canvas for m in metas]
+        clip_sizes = [_image_size(m) for m in metas] if cfg.clip_to_image else [canvas] * len(metas)
         proposals = propose(
             objectness,
             rpn_deltas,

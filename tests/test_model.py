@@ -207,3 +207,11 @@ def test_inference_settings_can_be_changed_on_a_built_model():
         loose = model(images)[0]
     assert len(loose["boxes"]) > len(strict["boxes"])
     assert (loose["scores"] >= 0).all() and (strict["scores"] >= 0.99).all()
+
+
+def test_clip_to_image_refuses_a_centred_image():
+    # Clipping to each image's own size assumes the image starts at the molded frame's top-left corner.
+    config = Config.preset("shapes", clip_to_image=True, resize_mode="square", min_dim=64, max_dim=128)
+    model = MaskRCNN(config)
+    with pytest.raises(ValueError, match="clip_to_image"):
+        model.eval()([torch.rand(3, 64, 96)])
