@@ -73,29 +73,36 @@ def _load_model(path, device="cpu", overrides=()):
     return model.to(device).eval()
 
 
-def _load_weights(spec: str, device="cpu", overrides=()):
-    """An eval-mode model from ``--weights SPEC`` (``torchvision:PATH``), in the ``torchvision`` preset.
+def _weights_file(option: str, spec: str, kind: str) -> str:
+    """The PATH of ``option KIND:PATH``, which must name ``kind`` and an existing file.
 
-    A malformed spec, another kind of weights or a missing or unreadable file ends the command with a message
-    saying what was expected (SystemExit, so the console shows one line, not a traceback).
+    Anything else ends the command with a message saying what was expected (SystemExit, so the console shows
+    one line, not a traceback).
     """
-    from .config import Config
-    from .pretrained import load_torchvision_maskrcnn, parse_weights_spec
+    from .pretrained import WEIGHT_KINDS, parse_weights_spec
 
     try:
-        kind, path = parse_weights_spec(spec)
+        got, path = parse_weights_spec(spec)
     except ValueError as err:
-        raise SystemExit(f"--weights {spec!r}: {err}") from None
-    if kind != "torchvision":
+        raise SystemExit(f"{option} {spec!r}: {err}") from None
+    if got != kind:
         raise SystemExit(
-            f"--weights {spec!r}: only torchvision:PATH (a torchvision Mask R-CNN state dict) loads a whole "
-            f"detector, got kind {kind!r}"
+            f"{option} {spec!r}: only {kind}:PATH ({WEIGHT_KINDS[kind]}) is accepted here, got kind {got!r}"
         )
     if not Path(path).is_file():
         raise SystemExit(
-            f"--weights {spec!r}: the file {path} does not exist (mrcnn-edu never downloads: fetch "
-            "torchvision's maskrcnn_resnet50_fpn COCO weights once on a machine with internet)"
+            f"{option} {spec!r}: the file {path} does not exist (mrcnn-edu never downloads: fetch the "
+            "weights once on a machine with internet)"
         )
+    return path
+
+
+def _load_weights(spec: str, device="cpu", overrides=()):
+    """An eval-mode model from ``--weights SPEC`` (``torchvision:PATH``), in the ``torchvision`` preset."""
+    from .config import Config
+    from .pretrained import load_torchvision_maskrcnn
+
+    path = _weights_file("--weights", spec, "torchvision")
     config = Config.preset("torchvision").override(*overrides)
     if config.num_classes != len(config.class_names):  # weights fine-tuned on other classes: no names
         config = config.replace(class_names=())
@@ -176,15 +183,13 @@ def cmd_train(args) -> int:
     model = None
     if args.backbone_weights:
         from .model import MaskRCNN
-        from .pretrained import init_backbone_from_imagenet, parse_weights_spec
+        from .pretrained import init_backbone_from_imagenet
 
-        kind, path = parse_weights_spec(args.backbone_weights)
-        if kind != "imagenet":
-            raise SystemExit(f"train --backbone-weights takes imagenet:PATH, got {args.backbone_weights!r}")
+        path = _weights_file("--backbone-weights", args.backbone_weights, "imagenet")
         try:
             model = init_backbone_from_imagenet(MaskRCNN(config), path)
         except (OSError, ValueError) as e:
-            raise SystemExit(f"train --backbone-weights: {e}") from None
+            raise SystemExit(f"--backbone-weights {args.backbone_weights!r}: {e}") from None
     summary = train(
         config,
         train_set,
