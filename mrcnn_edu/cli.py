@@ -1,6 +1,8 @@
 """The ``mrcnn-edu`` command (also ``python -m mrcnn_edu``).
 
     mrcnn-edu demo                      train shapes on CPU, evaluate on held-out shapes, draw the results
+    mrcnn-edu notebooks DIR             copy the course notebooks (stages, exercises) into DIR
+    mrcnn-edu shapes-model              retrain the shapes model shipped in the package, print its AP
     mrcnn-edu train  [--preset P] [--set field=value ...] [--resume] [--backbone-weights imagenet:PATH]
     mrcnn-edu eval   (--checkpoint PATH | --weights SPEC) [--coco JSON --images DIR]
     mrcnn-edu predict (--checkpoint PATH | --weights SPEC) IMAGE...
@@ -292,26 +294,39 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    import torch
+
     from .config import Config
+    from .demo import shapes_splits, training_threads
     from .train import train
     from .visualize import compare_figure
 
     start = time.perf_counter()
     config = Config.preset("shapes").override(*args.set)
-    train_set, val_set, class_names = _datasets(args, config)
+    train_set, val_set = shapes_splits(config, args.train_images, args.val_images)
+    torch.set_num_threads(training_threads(args.threads))
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     print(
-        f"demo: training the shapes preset from scratch on {len(train_set)} generated images "
-        f"({config.steps} steps of {config.batch_size}, at most {args.minutes} min); "
-        f"{len(val_set)} held-out images for evaluation; output in {out}/"
+        f"demo: training the shapes preset from scratch: {config.steps} steps of {config.batch_size} images "
+        f"from {len(train_set)} generated ones, on {torch.get_num_threads()} CPU thread(s) (the progress bar "
+        f"gives the ETA); then mask AP on {len(val_set)} held-out images. Output in {out}/"
     )
-    summary = train(config, train_set, None, out_dir=out, max_minutes=args.minutes)
+    summary = train(config, train_set, None, out_dir=out)
+    if summary["stopped"] != "completed":
+        print(
+            f"demo: training stopped early ({summary['stopped']}) at step {summary['steps']} of "
+            f"{config.steps}: "
+            f"the model is UNDERTRAINED, so no AP is reported.\n"
+            f"Continue it with: mrcnn-edu train --out {out} --resume\n"
+            f"then evaluate it: mrcnn-edu eval --checkpoint {out}/last.pt"
+        )
+        return 130 if summary["stopped"] == "interrupted" else 1
     model = summary["model"].eval()
-    results = _report(model, val_set, class_names, out, "demo")
-    items = [val_set[i] for i in range(8)]
+    results = _report(model, val_set, config.class_names, out, "demo")
+    items = [val_set[i] for i in range(min(8, len(val_set)))]
     predictions, targets = _predict_all(model, items)
     compare_figure(
-        [im for im, _ in items], targets, predictions, class_names, path=out / "demo_predictions.png"
+        [im for im, _ in items], targets, predictions, config.class_names, path=out / "demo_predictions.png"
     )
     minutes = (time.perf_counter() - start) / 60
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (
@@ -322,6 +337,33 @@ def cmd_demo(args) -> int:
         f"images after {summary['steps']} steps; {minutes:.1f} min in all, peak memory {peak_mib:.0f} MiB.\n"
         f"Figures: {out}/demo_predictions.png, {out}/loss_curve.png, {out}/demo_pr.png"
     )
+    return 0
+
+
+def cmd_shapes_model(args) -> int:
+    from .demo import build_shipped_model
+
+    steps = {} if args.steps is None else {"steps": args.steps}
+    result = build_shipped_model(args.out, work_dir=args.work_dir, threads=args.threads, **steps)
+    m = result["metrics"]
+    print(
+        f"shapes-model: {result['path']}: {result['steps']} steps; on {m['held_out_images']} held-out images "
+        f"(float16 weights): mask AP@0.5 {m['segm_AP50']:.3f}, mask AP {m['segm_AP']:.3f}, "
+        f"box AP@0.5 {m['bbox_AP50']:.3f}, VOC mAP@0.5 {m['voc_mAP50']:.3f}"
+    )
+    return 0
+
+
+def cmd_notebooks(args) -> int:
+    from .notebook import copy_course
+
+    try:
+        written = copy_course(args.dir, instructor=args.instructor)
+    except FileExistsError as e:
+        raise SystemExit(f"notebooks: {e}") from None
+    kind = "instructor (with solutions)" if args.instructor else "student"
+    print(f"notebooks: {len(written)} files in {args.dir}/ (exercises: {kind} versions). "
+          f"Open them with: jupyter lab {args.dir}")  # fmt: skip
     return 0
 
 
@@ -348,22 +390,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train shapes on CPU, evaluate on held-out shapes, write figures")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="a new timestamped folder in it (default %(default)s)")
+    p.add_argument("--train-images", type=int, default=4000, help="generated images (default %(default)s)")
+    p.add_argument("--val-images", type=int, default=100, help="held-out images (default %(default)s)")
     p.add_argument(
-        "--minutes", type=float, default=8.0, help="training time budget (stops early, keeps the model)"
-    )
-    p.add_argument("--train-images", type=int, default=4000)
-    p.add_argument("--val-images", type=int, default=100)
-    p.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field"
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="a config field, e.g. steps=2000"
     )
     p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: torch's choice, one per core)",
-    )
+        "--threads", type=int, default=None,
+        help="CPU threads for torch (default 1: fast on a busy machine too; see mrcnn_edu.demo)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("shapes-model", help="retrain the shipped shapes model, print its AP")
+    p.add_argument("--out", default=None, help="file to write (default: the package's)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: demo.SHIPPED_STEPS)")
+    p.add_argument("--work-dir", default="runs/shipped-shapes", help="its training run (resumed)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default 1: deterministic)")
+    p.set_defaults(func=cmd_shapes_model)
+
+    p = sub.add_parser("notebooks", help="copy the course notebooks (stages and exercises) into a folder")
+    p.add_argument("dir", help="a folder (created; existing files are never overwritten)")
+    p.add_argument("--instructor", action="store_true", help="exercise notebooks with solutions")
+    p.set_defaults(func=cmd_notebooks)
 
     p = sub.add_parser("train", help="train a model")
     _add_config_args(p)

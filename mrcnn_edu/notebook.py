@@ -1,8 +1,13 @@
-"""What the teaching notebooks share: fast mode, a batch of shapes, and a trained shapes model (cached).
+"""What the teaching notebooks share: the shipped shapes model, a batch of held-out shapes, the notebooks.
 
-``MRCNN_EDU_FAST=1`` in the environment turns on fast mode (the test suite executes every notebook that way):
-tiny training budgets, so a notebook finishes in seconds; the numbers it shows are then those of a barely
-trained model. The cache of trained models is ``$MRCNN_EDU_CACHE`` (default ``~/.cache/mrcnn_edu``).
+Every notebook that looks at a trained detector uses :func:`shapes_model`, the model shipped inside the
+package (:mod:`mrcnn_edu.demo`: the shapes recipe trained from scratch, mask AP@0.5 above 0.9 on the held-out
+shapes), so a student sees a trained model at once and every notebook shows the same one. Training itself
+is the subject of notebook 11 and of ``mrcnn-edu demo``.
+
+``MRCNN_EDU_FAST=1`` in the environment shortens what only notebook 11 does, train: a handful of steps
+instead of its short run. :func:`course_source` finds the notebooks (inside an installed package, or in a
+clone), and :func:`copy_course` copies them out for a student (``mrcnn-edu notebooks DIR``).
 """
 
 from __future__ import annotations
@@ -11,64 +16,82 @@ import os
 import shutil
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
 from .config import Config
 from .data import ShapesDataset
+from .demo import HELD_OUT_SEED, load_shipped_model
 from .model import MaskRCNN
 
-__all__ = ["FAST", "cache_dir", "shapes_batch", "shapes_config", "shapes_model"]
+__all__ = [
+    "FAST",
+    "cache_dir",
+    "copy_course",
+    "course_source",
+    "shapes_batch",
+    "shapes_config",
+    "shapes_model",
+]
 
 #: True when the environment asks for fast mode (``MRCNN_EDU_FAST`` set to anything but "" or "0").
 FAST = os.environ.get("MRCNN_EDU_FAST", "") not in ("", "0")
 
 
 def cache_dir() -> Path:
+    """Where a notebook looks for files you put there yourself, e.g. torchvision's COCO weights (notebook 13):
+    ``$MRCNN_EDU_CACHE``, default ``~/.cache/mrcnn_edu``."""
     return Path(os.environ.get("MRCNN_EDU_CACHE", Path.home() / ".cache" / "mrcnn_edu"))
 
 
-def shapes_batch(n: int = 4, size: int = 128, seed: int = 1000) -> tuple[list, list]:
-    """``n`` held-out shapes images (seed 1000 is never trained on) as ``(images, targets)`` lists."""
+def shapes_batch(n: int = 4, size: int = 128, seed: int = HELD_OUT_SEED) -> tuple[list, list]:
+    """``n`` held-out shapes images (the demo evaluates on them; never trained on): ``(images, targets)``."""
     data = ShapesDataset(n, (size, size), seed=seed)
     items = [data[i] for i in range(n)]
     return [im for im, _ in items], [t for _, t in items]
 
 
 def shapes_config(**changes) -> Config:
-    """The ``shapes`` preset, with a short schedule in fast mode."""
-    if FAST:
-        changes = {"steps": 20, "warmup_steps": 5, **changes}
+    """The ``shapes`` preset: the configuration of :func:`shapes_model` (``changes`` applied)."""
     return Config.preset("shapes", **changes)
 
 
-def shapes_model(minutes: float = 8.0, **changes) -> MaskRCNN:
-    """An eval-mode MaskRCNN trained on generated shapes, from the cache or trained now (then cached).
+def shapes_model(**changes) -> MaskRCNN:
+    """The shapes model shipped with the package, in eval mode, loaded in a fraction of a second.
 
-    Training runs until ``config.steps`` (1500 steps of the shapes preset reach a mask AP@0.5 around 0.93
-    on held-out shapes in about 7 minutes on 2 CPU cores; see docs/benchmarks.md) or until ``minutes`` have
-    passed; an unfinished cached run is continued by the next call, so the model improves until it is done.
+    changes: inference settings to use instead of the shipped config's, e.g.
+        ``shapes_model(detection_min_confidence=0.3)``.
     """
-    from .train import train
+    return load_shipped_model(**changes)
 
-    config = shapes_config(**changes)
-    out = cache_dir() / ("shapes-fast" if FAST else "shapes")
-    last = out / "last.pt"
-    resume = False
-    if last.is_file():
-        try:
-            state = load_checkpoint(last)
-            same = Config.from_dict(state["config"]) == config
-        except (ValueError, KeyError, TypeError):
-            same = False  # a cache written by another version of the package
-        if same and state["step"] >= config.steps:
-            model = MaskRCNN(config)
-            model.load_state_dict(state["model"])
-            return model.eval()
-        if same:
-            resume = True
-        else:
-            shutil.rmtree(out)
-    size = (config.max_dim, config.max_dim)
-    data = ShapesDataset(config.steps * config.batch_size, size, seed=config.seed + 1)
-    limit = None if FAST else minutes
-    summary = train(config, data, out_dir=out, resume=resume, max_minutes=limit, progress=not FAST)
-    return summary["model"].eval()
+
+def course_source() -> Path:
+    """The folder of the course notebooks: inside the installed package, else the clone's ``notebooks/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_notebooks", here.parent / "notebooks"):
+        if (candidate / "00_quickstart.ipynb").is_file():
+            return candidate
+    raise FileNotFoundError(f"no course notebooks next to {here} (a broken installation?)")
+
+
+def copy_course(dest, instructor: bool = False) -> list[Path]:
+    """Copy the stage notebooks and the exercise notebooks into ``dest``; returns the files written.
+
+    dest: a folder, created if needed; a notebook already there is never overwritten (FileExistsError
+        naming it, before anything is copied), so a student's work is safe.
+    instructor: the exercises' instructor versions (with solutions) instead of the student versions.
+    Layout: ``dest/NN_stage.ipynb`` and ``dest/exercises/NN_name.ipynb`` (+ the teachers' README with
+    ``instructor``).
+    """
+    source = course_source()
+    exercises = source / "exercises" / ("instructor" if instructor else "student")
+    plan = [(p, Path(dest) / p.name) for p in sorted(source.glob("*.ipynb"))]
+    plan += [(p, Path(dest) / "exercises" / p.name) for p in sorted(exercises.glob("*.ipynb"))]
+    if instructor and (source / "exercises" / "README.md").is_file():
+        plan.append((source / "exercises" / "README.md", Path(dest) / "exercises" / "README.md"))
+    existing = [str(target) for _, target in plan if target.exists()]
+    if existing:
+        raise FileExistsError(
+            f"{existing[0]!r} already exists ({len(existing)} of the files): nothing copied"
+        )
+    for src, target in plan:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+    return [target for _, target in plan]

@@ -1,9 +1,15 @@
-"""Every notebook executes headless in fast mode without error, and is committed without outputs."""
+"""Every notebook executes headless in full, as a student gets it, and is committed without outputs.
+
+The notebooks run with the shapes model shipped in the package (no training decides what a picture shows) and
+one torch thread per kernel, so their outputs are the same on every run. How long each took is printed
+(``pytest -s``) and recorded in docs/benchmarks.md; the suite asserts no time.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -22,12 +28,11 @@ def test_there_are_notebooks():
 
 
 @pytest.fixture(scope="session")
-def fast_env(tmp_path_factory):
-    """Fast mode, a private model cache, one thread per kernel (2-core machines), for every kernel started."""
-    keys = ("MRCNN_EDU_FAST", "MRCNN_EDU_CACHE", "OMP_NUM_THREADS", "MPLBACKEND")
+def kernel_env(tmp_path_factory):
+    """A private cache folder and one thread per kernel (2-core machines, and the same numbers every run)."""
+    keys = ("MRCNN_EDU_CACHE", "OMP_NUM_THREADS", "MPLBACKEND")
     saved = {k: os.environ.get(k) for k in keys}
-    cache = str(tmp_path_factory.mktemp("cache"))
-    os.environ.update(MRCNN_EDU_FAST="1", MRCNN_EDU_CACHE=cache, OMP_NUM_THREADS="1")
+    os.environ.update(MRCNN_EDU_CACHE=str(tmp_path_factory.mktemp("cache")), OMP_NUM_THREADS="1")
     os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend draws the figures
     yield
     for key, value in saved.items():
@@ -46,13 +51,16 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ID)
-def test_notebook_executes_in_fast_mode(path, fast_env):
+def test_notebook_executes_in_full(path, kernel_env):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
-        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
+    start = time.perf_counter()
     client.execute()  # raises CellExecutionError, naming the cell, on any error
+    print(f"{_ID(path)}: {time.perf_counter() - start:.1f} s")
     sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "mrcnn_edu" in sources  # notebooks call the library; they do not re-implement it
+    assert "MRCNN_EDU_FAST" not in sources  # no notebook has a mode in which its pictures differ
