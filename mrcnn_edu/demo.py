@@ -22,6 +22,7 @@ measurements, idle and with a core kept busy.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -85,9 +86,10 @@ def load_shipped_model(path=None, device="cpu", **changes) -> MaskRCNN:
 
 
 def shipped_model_info(path=None) -> dict:
-    """What the shipped file says of itself: ``steps``, ``metrics`` (held-out AP), ``command``, ``config``."""
+    """What the shipped file says of itself: ``steps``, ``metrics`` (held-out AP), ``log`` (the training run's
+    ``metrics.jsonl`` rows: step, lr, the five losses, total, ...), ``command``, ``config``, ``torch``."""
     state = _read_shipped(path)
-    return {k: state[k] for k in ("steps", "metrics", "command", "config", "torch")}
+    return {k: state.get(k) for k in ("steps", "metrics", "log", "command", "config", "torch")}
 
 
 def _read_shipped(path) -> dict:
@@ -136,10 +138,13 @@ def build_shipped_model(out=None, steps: int = SHIPPED_STEPS, work_dir=None, thr
     }
     if not metrics["segm_AP50"] >= min_ap50:  # (NaN fails too)
         raise RuntimeError(f"mask AP50 {metrics['segm_AP50']:.3f} < {min_ap50}: the file was not written")
+    # the run's training log (one row per logged step), for notebook 11's curves of the shipped model
+    log = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines() if line.strip()]
     path = Path(out) if out is not None else SHIPPED_MODEL
     save_checkpoint(path, {
         "format": SHIPPED_FORMAT, "model": half, "config": config.to_dict(), "steps": summary["steps"],
-        "metrics": metrics, "torch": str(torch.__version__),
+        "metrics": metrics,
+        "log": log, "torch": str(torch.__version__),
         "command": f"make shapes-model (mrcnn_edu.demo.build_shipped_model(steps={steps}))",
     })  # fmt: skip
     return {"path": str(path), "steps": summary["steps"], "metrics": metrics}

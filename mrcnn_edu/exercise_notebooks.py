@@ -59,8 +59,10 @@ TASK_BODY = 'raise NotImplementedError("your code here")'
 
 
 def default_dirs() -> tuple[Path, Path]:
-    """``(instructor, student)`` folders of the repository this package is run from (an editable install)."""
-    root = Path(__file__).resolve().parent.parent / "notebooks" / "exercises"
+    """``(instructor, student)`` folders of the course: in the installed package, or in a clone."""
+    from .notebook import course_source
+
+    root = course_source() / "exercises"
     return root / "instructor", root / "student"
 
 
