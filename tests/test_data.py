@@ -706,3 +706,44 @@ def test_validate_target_bad_image_and_type():
         validate_target(image, [target], name="sample")
     del target["masks"]
     assert validate_target(image, target, require_masks=False)["boxes"].shape == (1, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Export with a category set of your own
+
+
+def test_export_with_your_own_categories(tmp_path):
+    own = [(5, "cat"), (17, "dog"), (90, "bird")]
+    json_path = export_shapes_coco(tmp_path, 4, (40, 40), seed=3, categories=own)
+    data = json.loads(json_path.read_text())
+    assert [(c["id"], c["name"]) for c in data["categories"]] == [(5, "cat"), (17, "dog"), (90, "bird")]
+    ds = CocoDataset(json_path, tmp_path / "train")
+    assert ds.class_names == ("background", "cat", "dog", "bird")
+    shapes = ShapesDataset(4, (40, 40), seed=3)
+    for i in range(4):  # square -> cat (label 1), circle -> dog (2), triangle -> bird (3)
+        assert torch.equal(ds[i][1]["labels"], shapes[i][1]["labels"])
+    named = export_shapes_coco(tmp_path / "n", 1, (40, 40), categories=["a", "b", "c"])
+    assert [c["id"] for c in json.loads(named.read_text())["categories"]] == [1, 2, 3]
+    for bad in (["a", "b"], ["a", "a", "b"], [(0, "a"), (2, "b"), (3, "c")]):
+        with pytest.raises(ValueError, match="categories"):
+            export_shapes_coco(tmp_path, 1, categories=bad)
+
+
+def test_parse_categories():
+    from mrcnn_edu.data.export import parse_categories
+
+    assert parse_categories("cat, dog") == [(1, "cat"), (2, "dog")]
+    assert parse_categories("5:cat,17:dog") == [(5, "cat"), (17, "dog")]
+    for bad in ("", "a,,b", "x:cat", "0:cat", "1:a,1:b", "a,a"):
+        with pytest.raises(ValueError, match="categories"):
+            parse_categories(bad)
+
+
+def test_export_main_categories(tmp_path, capsys):
+    out = tmp_path / "own"
+    assert export_main(["--out", str(out), "--num-images", "1", "--categories", "5:cat,17:dog,90:bird"]) == 0
+    data = json.loads((out / "annotations" / "instances_train.json").read_text())
+    assert [c["name"] for c in data["categories"]] == ["cat", "dog", "bird"]
+    with pytest.raises(SystemExit) as err:
+        export_main(["--out", str(out), "--categories", "cat,dog"])
+    assert err.value.code == 2 and "categories" in capsys.readouterr().err
