@@ -34,7 +34,11 @@ from .data.coco_names import COCO_CATEGORY_NAMES
 from .data.shapes import CLASS_NAMES
 from .molding import IMAGENET_MEAN, IMAGENET_STD, MATTERPORT_MEAN_PIXEL, RESIZE_MODES
 
-__all__ = ["Config", "PRESETS", "CHOICES", "field_rule"]
+__all__ = ["Config", "ConfigError", "PRESETS", "CHOICES", "field_rule"]
+
+
+class ConfigError(ValueError):
+    """A config field with a value it does not accept, or one that does not exist (the message names it)."""
 
 
 @dataclass(frozen=True)
@@ -153,8 +157,9 @@ class Config:
     def from_dict(values: dict) -> Config:
         """Inverse of :meth:`to_dict` (also for a dict read back from JSON or a checkpoint).
 
-        Fields missing from ``values`` (a checkpoint from an older version) take their defaults; fields
-        unknown to this version are dropped with a warning that names them.
+        Fields missing from ``values`` (a checkpoint from an older version) take their defaults, except
+        ``category_ids``, which such a checkpoint does not know (empty); fields unknown to this version are
+        dropped with a warning that names them.
         """
         if not isinstance(values, dict):
             raise ValueError(f"config must be a dict, got {type(values).__name__}")
@@ -165,16 +170,17 @@ class Config:
                 f"config: ignoring fields unknown to this version: {unknown}", UserWarning, stacklevel=2
             )
         tuples = {f.name for f in fields(Config) if str(f.type).startswith("tuple")}
+        values = {"category_ids": [], **values}  # unknown in checkpoints from before the field existed
         return Config(**{k: tuple(v) if k in tuples else v for k, v in values.items() if k in known})
 
     def replace(self, **changes) -> Config:
-        """A copy with ``changes`` (not checked: call :meth:`validate`); an unknown field is a ValueError."""
+        """A copy with ``changes`` (not checked: call :meth:`validate`); an unknown field is a ConfigError."""
         names = [f.name for f in fields(self)]
         for key in changes:
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(
+                raise ConfigError(
                     f"unknown config field {key!r}{hint}; `mrcnn-edu config` lists the fields"
                 )
         return dataclasses.replace(self, **changes)
@@ -185,32 +191,33 @@ class Config:
         Each value is read for its field's type: numbers and tuples as Python literals (``(1, 2)``), a
         string field takes the text as it is (``resize_mode=minmax``), a bool field ``True``/``False`` (or
         ``true``/``false``), an int where a float is expected becomes that float. Anything else raises
-        ValueError naming the field and what it accepts (``lr=abc``: "config.lr must be a number").
+        ConfigError (a ValueError) naming the field and what it accepts (``lr=abc``: "config.lr must be a
+        number").
         """
         changes = {}
         for item in assignments:
             key, sep, text = item.partition("=")
             key = key.strip()
             if not sep or not key:
-                raise ValueError(f"override {item!r} must look like field=value")
+                raise ConfigError(f"override {item!r} must look like field=value")
             self.replace(**{key: None})  # the field exists (else: the error naming it)
             changes[key] = _parse_value(_FIELD_TYPES[key], text.strip())
         return self.replace(**changes).validate()
 
     def validate(self) -> Config:
         """Check every field's type and value (:func:`field_rule`) and that ``class_names`` and
-        ``category_ids`` fit ``num_classes``; return ``self``, or raise ValueError naming the field."""
+        ``category_ids`` fit ``num_classes``; return ``self``, or raise ConfigError naming the field."""
         for f in fields(self):
             problem = _field_problem(f.name, getattr(self, f.name))
             if problem:
-                raise ValueError(f"config.{f.name} must be {problem}, got {getattr(self, f.name)!r}")
+                raise ConfigError(f"config.{f.name} must be {problem}, got {getattr(self, f.name)!r}")
         if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"config.class_names must have num_classes={self.num_classes} names (background first) or "
                 f"none, got {len(self.class_names)}"
             )
         if self.category_ids and len(self.category_ids) != self.num_classes - 1:
-            raise ValueError(
+            raise ConfigError(
                 f"config.category_ids must have num_classes - 1 = {self.num_classes - 1} ids (one per label "
                 f"1..K) or none, got {len(self.category_ids)}"
             )
@@ -219,7 +226,7 @@ class Config:
     @staticmethod
     def preset(name: str, **overrides) -> Config:
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return PRESETS[name].replace(**overrides)
 
 

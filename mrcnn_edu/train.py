@@ -606,6 +606,7 @@ def train(
     augment: bool = True,
     num_workers: int = 0,
     tensorboard: bool = False,
+    resume_hint: str = "resume=True",
 ) -> dict:
     """Train a Mask R-CNN for ``config.steps`` steps; see the module docstring for what happens around it.
 
@@ -629,6 +630,7 @@ def train(
     num_workers: DataLoader worker processes that load training items.
     tensorboard: also write the logged numbers as TensorBoard events to ``out_dir/tensorboard`` (needs the
         ``tensorboard`` package; ValueError before anything starts if it is missing).
+    resume_hint: how messages say to continue a stopped run (the command line passes its own spelling).
 
     Faults lose at most the step in flight: ``last.pt`` is saved at every epoch end *before* validating (a
     validation that fails is reported and re-raised, the epoch kept); an error while loading training data
@@ -664,14 +666,14 @@ def train(
         try:
             return _train_loop(config, train_set, val_set, out, resume, device, proc, log_every,
                                eval_every_epoch, max_minutes, progress, model, augment, num_workers,
-                               writer)  # fmt: skip
+                               writer, resume_hint)  # fmt: skip
         finally:
             if writer is not None:
                 writer.close()
 
 
 def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every, eval_every_epoch,
-                max_minutes, progress, model, augment, num_workers, writer):  # fmt: skip
+                max_minutes, progress, model, augment, num_workers, writer, resume_hint):  # fmt: skip
     """:func:`train` once the arguments are checked and the processes are set up."""
     per_epoch = steps_per_epoch(len(train_set), config.batch_size)
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
@@ -690,7 +692,8 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
     start, best_metric, seconds_before = 0, None, 0.0
     if resume:
         state = load_checkpoint(last_path, map_location=device)
-        _warn_config_changes(state["config"], config)
+        if _warn_config_changes(state["config"], config) and proc.is_main:
+            (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
@@ -807,19 +810,19 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
                 if signalled:
                     stopped = _stop_reason(signals.received)
                     report.say(f"{stopped}: saved step {step} to {str(last_path)!r}; continue with "
-                               "resume=True", always=True)  # fmt: skip
+                               f"{resume_hint}", always=True)  # fmt: skip
                     break
                 if out_of_time and step < config.steps:
                     stopped = "time_limit"
                     report.say(f"time budget of {max_minutes} min spent: stopped at step {step}; "
-                               f"continue with resume=True from {str(last_path)!r}", always=True)  # fmt: skip
+                               f"continue with {resume_hint}", always=True)  # fmt: skip
                     break
         except (KeyboardInterrupt, _Stopped) as stop:
             stopped = _stop_reason(getattr(stop, "signum", None))
             if proc.is_main:
                 save(last_path)
                 plot_metrics(metrics_path, out / "loss_curve.png")
-            report.say(f"{stopped}: saved step {step} to {str(last_path)!r}; continue with resume=True",
+            report.say(f"{stopped}: saved step {step} to {str(last_path)!r}; continue with {resume_hint}",
                        always=True)  # fmt: skip
         finally:
             report.close()
@@ -841,9 +844,11 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
     }
 
 
-def _warn_config_changes(saved: dict, config: Config) -> None:
+def _warn_config_changes(saved: dict, config: Config) -> bool:
+    """Warn (UserWarning) if a resumed run's config differs from its checkpoint's; return whether it does."""
     changed = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v)
     if changed:
         old = Config.from_dict(saved)
         details = ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}" for k in changed)
         warnings.warn(f"resuming with a changed config ({details})", UserWarning, stacklevel=3)
+    return bool(changed)
