@@ -466,15 +466,12 @@ def _summary_lines(summary: dict, config, out: Path, tensorboard: bool) -> list[
                      "images/s in this call")  # fmt: skip
     if summary["val"]:
         segm, bbox = summary["val"]["segm"], summary["val"]["bbox"]
-        best = (
-            "" if summary["best_metric"] is None else f"; best mask AP {summary['best_metric']:.3f} (best.pt)"
-        )
-        lines.append(f"  validation: mask AP {segm['AP']:.3f} (AP50 {segm['AP50']:.3f}), "
-                     f"box AP {bbox['AP']:.3f}"
-                     f"{best}")  # fmt: skip
-    files = ["last.pt", "metrics.jsonl", "loss_curve.png", "summary.json"] + (
-        ["tensorboard/"] if tensorboard else []
-    )
+        best = summary["best_metric"]
+        best = "" if best is None else f"; best mask AP {best:.3f} (best.pt)"
+        lines.append(f"  validation: mask AP {segm['AP']:.3f} (AP50 {segm['AP50']:.3f}), box AP "
+                     f"{bbox['AP']:.3f}{best}")  # fmt: skip
+    files = ["last.pt", "metrics.jsonl", "loss_curve.png", "summary.json"]
+    files += ["tensorboard/"] if tensorboard else []
     lines.append(f"  run folder {out}/: {', '.join(files)}")
     if summary["stopped"] == "completed":
         lines.append(f"  next: mrcnn-edu predict --checkpoint {out / 'last.pt'} IMAGE")
@@ -483,54 +480,63 @@ def _summary_lines(summary: dict, config, out: Path, tensorboard: bool) -> list[
     return lines
 
 
-def cmd_train(args) -> int:
+def _resumed_run(out: Path, args):
+    """(config, data arguments, train_set, val_set, run.json) of ``train --out DIR --resume``."""
+    saved, data, run = _saved_run(out, args)
+    config = _override(saved, args.set)
+    for item, key in zip(args.set, _set_fields(args.set), strict=True):
+        old, new = getattr(saved, key), getattr(config, key)
+        print(f"resume: --set {item}: {key} {old!r} -> {new!r}" + (" (unchanged)" if old == new else ""))
+    if args.set:
+        _check_same_architecture(saved, config, args.set)
+    categories = _categories_of(saved) if data["train_coco"] else None
+    train_set, val_set, _ = _train_data(data, config, categories)
+    where = data["train_coco"] or f"{data['train_images']} generated shapes images"
+    print(f"resume: {out} at its own data ({where}) and config ({config.name}, {config.steps} steps of "
+          f"{config.batch_size})")  # fmt: skip
+    return config, data, train_set, val_set, run
+
+
+def _new_run(out: Path, args):
+    """(config, data arguments, train_set, val_set, {}) of a new ``train`` run."""
     from .config import Config
+
+    if (out / "last.pt").exists():
+        raise UsageError(f"--out {out} already holds a run (last.pt): add --resume to continue it, or "
+                         "choose another --out")  # fmt: skip
+    data = _data_args(args)
+    for key in ("num_classes", "class_names", "category_ids"):
+        if data["train_coco"] and key in _set_fields(args.set):
+            raise UsageError(f"--set {key}: --train-coco sets it (with num_classes, class_names and "
+                             "category_ids) from the training data; leave it out")  # fmt: skip
+    try:
+        config = Config.preset(args.preset or "shapes")
+    except ConfigError as err:
+        raise UsageError(f"--preset: {err}") from None
+    train_set, val_set, config = _train_data(data, _override(config, args.set))
+    if data["train_coco"]:
+        names = ", ".join(config.class_names[1:])
+        print(f"train: {len(train_set)} images, {train_set.num_annotations} objects of "
+              f"{config.num_classes - 1} categories ({names}) from {data['train_coco']}"
+              + ("" if val_set is not None else "; no validation set (--coco adds one)"))  # fmt: skip
+    return config, data, train_set, val_set, {}
+
+
+def cmd_train(args) -> int:
     from .train import train
 
     out = Path(args.out)
     if args.backbone_weights:  # the file first: a wrong one must not cost the data checks
         backbone_path = _weights_file("--backbone-weights", args.backbone_weights, "imagenet")
-    if args.resume:
-        saved, data, saved_run = _saved_run(out, args)
-        config = _override(saved, args.set)
-        for item, key in zip(args.set, _set_fields(args.set), strict=True):
-            old, new = getattr(saved, key), getattr(config, key)
-            print(f"resume: --set {item}: {key} {old!r} -> {new!r}" + (" (unchanged)" if old == new else ""))
-        if args.set:
-            _check_same_architecture(saved, config, args.set)
-        categories = _categories_of(saved) if data["train_coco"] else None
-        train_set, val_set, _ = _train_data(data, config, categories)
-        where = data["train_coco"] or f"{data['train_images']} generated shapes images"
-        print(f"resume: {out} at its own data ({where}) and config ({config.name}, {config.steps} steps of "
-              f"{config.batch_size})")  # fmt: skip
-    else:
-        if (out / "last.pt").exists():
-            raise UsageError(f"--out {out} already holds a run (last.pt): add --resume to continue it, or "
-                             "choose another --out")  # fmt: skip
-        data = _data_args(args)
-        for key in ("num_classes", "class_names", "category_ids"):
-            if data["train_coco"] and key in _set_fields(args.set):
-                raise UsageError(f"--set {key}: --train-coco sets it (with num_classes, class_names and "
-                                 "category_ids) from the training data; leave it out")  # fmt: skip
-        try:
-            config = Config.preset(args.preset or "shapes")
-        except ConfigError as err:
-            raise UsageError(f"--preset: {err}") from None
-        train_set, val_set, config = _train_data(data, _override(config, args.set))
-        if data["train_coco"]:
-            names = ", ".join(config.class_names[1:])
-            print(f"train: {len(train_set)} images, {train_set.num_annotations} objects of "
-                  f"{config.num_classes - 1} categories ({names}) from {data['train_coco']}"
-                  + ("" if val_set is not None else "; no validation set (--coco adds one)"))  # fmt: skip
+    config, data, train_set, val_set, saved_run = (_resumed_run if args.resume else _new_run)(out, args)
     if len(train_set) < config.batch_size:
         raise UsageError(f"the training set has {len(train_set)} images, fewer than batch_size="
                          f"{config.batch_size}: add images or --set batch_size=N")  # fmt: skip
     # how the run logs: as it started (run.json), unless this command says otherwise
-    log_every = args.log_every or (saved_run.get("log_every") if args.resume else None) or 10
-    choice = args.tensorboard
-    if choice is None and args.resume:
-        choice = saved_run.get("tensorboard")
-    tensorboard = _tensorboard(choice)
+    log_every = args.log_every or saved_run.get("log_every") or 10
+    tensorboard = _tensorboard(
+        args.tensorboard if args.tensorboard is not None else saved_run.get("tensorboard")
+    )
     model = None
     if args.backbone_weights:
         from .model import MaskRCNN
@@ -641,14 +647,14 @@ def _read_image(name: str):
 
 
 def _output_names(stems: list[str]) -> list[str]:
-    """One output name per input: its stem, numbered ``stem-2``, ``stem-3``... where stems repeat."""
-    seen: dict[str, int] = {}
-    names = []
+    """One output name per input, all different: its stem, or ``stem-2``, ``stem-3``... if it is taken."""
+    names: list[str] = []
     for stem in stems:
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
-    taken = set(stems)
-    return [n if n == s or n not in taken else f"{n}-x" for n, s in zip(names, stems, strict=True)]
+        name, k = stem, 2
+        while name in names:
+            name, k = f"{stem}-{k}", k + 1
+        names.append(name)
+    return names
 
 
 def cmd_predict(args) -> int:

@@ -535,6 +535,9 @@ def test_predict_gives_inputs_with_one_stem_their_own_outputs(trained, tmp_path,
         "x-2_detections.json", "x-2_detections.png", "x_detections.json", "x_detections.png"
     ]  # fmt: skip
     assert f"-> {out / 'x-2_detections.png'}" in printed.splitlines()[1]
+    from mrcnn_edu.cli import _output_names
+
+    assert _output_names(["x", "x", "x-2", "y", "x"]) == ["x", "x-2", "x-2-2", "y", "x-3"]
 
 
 def test_predict_reads_16_bit_images_and_refuses_nan_pixels(trained, tmp_path, capsys):
