@@ -10,9 +10,11 @@ The loop is plain SGD on the sum of :class:`mrcnn_edu.model.MaskRCNN`'s losses (
         clip_grad_norm_(params, config.grad_clip)        # guards against rare huge gradients
         optimizer.step()                                 # SGD, momentum, weight decay
 
-Around it: validation (COCO AP) and ``best.pt`` at each epoch end, atomic ``last.pt`` checkpoints, exact
-resumption, a progress bar, ``metrics.jsonl`` and ``loss_curve.png``, mixed precision on GPU, a wall-clock
-budget, and multi-GPU data parallelism under ``torchrun``.
+Around it: atomic ``last.pt`` checkpoints, then validation (COCO AP) and ``best.pt`` at each epoch end,
+exact resumption, a progress bar, ``metrics.jsonl`` and ``loss_curve.png`` (and TensorBoard events, on
+request), mixed precision on GPU, a wall-clock budget, multi-GPU data parallelism under ``torchrun``, and
+faults that lose at most the step in flight: SIGTERM and Ctrl-C finish the step and save it, a data error or
+a failed validation keeps every completed step, a save cut short by SIGKILL leaves nothing that piles up.
 
 **Reproducibility.** Everything random is a pure function of ``config.seed`` and the step number, so that a
 run stopped at any step and resumed gives the same losses as one that never stopped:
@@ -41,7 +43,7 @@ images of every step (the same global batch as one process, split by rank), grad
 Outputs in ``out_dir``: ``config.json``, ``metrics.jsonl`` (one JSON line per logged step:
 ``step, epoch, lr, <the 5 losses>, total, grad_norm, seconds``; one line per validation with
 ``"split": "val"``), ``loss_curve.png``, ``last.pt`` and ``best.pt`` (best segm AP; see
-:mod:`mrcnn_edu.checkpoint` for their content).
+:mod:`mrcnn_edu.checkpoint` for their content), ``tensorboard/`` with ``tensorboard=True``.
 """
 
 from __future__ import annotations
@@ -471,13 +473,14 @@ def _processes(device):
             dist.destroy_process_group()
 
 
-def _any_rank(flag: bool, proc: _Process, device: torch.device) -> bool:
-    """True on every process if ``flag`` is True on any (so that all stop at the same step)."""
+def _any_rank(flags: tuple[bool, ...], proc: _Process, device: torch.device) -> list[bool]:
+    """Each flag True on every process if it is True on any (so that all stop at the same step); one
+    all-reduce for all of them."""
     if proc.world_size == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 class _Reporter:
@@ -792,10 +795,8 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
                 torch.manual_seed(_step_seed(config.seed, step, proc.rank))  # the model's sampling this step
                 last_losses = train_step(net, images, targets, optimizer, step, config, scaler)
                 step += 1  # steps completed
-                out_of_time = max_minutes is not None and _any_rank(
-                    time.perf_counter() - t0 > 60 * max_minutes, proc, device
-                )
-                signalled = _any_rank(signals.received is not None, proc, device)
+                spent = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
+                out_of_time, signalled = _any_rank((spent, signals.received is not None), proc, device)
 
                 record = None
                 last = step == config.steps or out_of_time or signalled
