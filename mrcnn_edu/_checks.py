@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_tensor", "check_boxes", "check_size"]
+__all__ = ["check_tensor", "check_boxes", "check_size", "check_same_device"]
 
 
 def _describe(t: torch.Tensor) -> str:
@@ -63,3 +63,12 @@ def check_size(name: str, size) -> tuple[int, int]:
     if h < 0 or w < 0:
         raise ValueError(f"{name} must be non-negative (height, width), got {size!r}")
     return h, w
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    """Raise ValueError unless every named tensor is on the first one's device (checked before any work, so
+    the error names the argument instead of a kernel failing half-way)."""
+    (first, ref), *rest = tensors.items()
+    for name, t in rest:
+        if t.device != ref.device:
+            raise ValueError(f"{name} must be on the device of {first} ({ref.device}), got {t.device}")

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_boxes, check_size, check_tensor
+from ._checks import check_boxes, check_same_device, check_size, check_tensor
 
 __all__ = [
     "box_area",
@@ -227,18 +227,33 @@ def _check_weights(weights: Sequence[float]) -> tuple[float, float, float, float
     return wx, wy, ww, wh
 
 
+def _check_broadcast(name: str, t: torch.Tensor, other_name: str, other: torch.Tensor, enlarge=True) -> None:
+    """``t`` on ``other``'s device and broadcastable against it (without enlarging it unless ``enlarge``)."""
+    check_same_device(**{other_name: other, name: t})
+    try:
+        shape = torch.broadcast_shapes(t.shape, other.shape)
+    except RuntimeError:
+        shape = None
+    if shape is None or (not enlarge and shape != other.shape):
+        raise ValueError(
+            f"{name} must {'broadcast against' if enlarge else 'broadcast to'} {other_name}'s shape "
+            f"{tuple(other.shape)} (one box per row), got shape {tuple(t.shape)}"
+        )
+
+
 def encode_deltas(
     boxes: torch.Tensor, reference: torch.Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)
 ) -> torch.Tensor:
     """Deltas that move each reference box (an anchor or a proposal) onto its target box.
 
     boxes: ``[..., 4]`` target boxes (ground truth); reference: ``[..., 4]`` anchors or proposals,
-    broadcastable against ``boxes``; both need positive width and height.
+    broadcastable against ``boxes`` and on its device; both need positive width and height.
     weights: ``(wx, wy, ww, wh)`` multipliers (``1 / BBOX_STD_DEV`` in matterport).
     Returns ``[..., 4]`` deltas ``(dx, dy, dw, dh)``.
     """
     check_boxes("boxes", boxes, ndim=range(1, 8))
     check_boxes("reference", reference, ndim=range(1, 8))
+    _check_broadcast("reference", reference, "boxes", boxes)
     wx, wy, ww, wh = _check_weights(weights)
     gx, gy, gw, gh = _centre_size(boxes)
     ax, ay, aw, ah = _centre_size(reference)
@@ -256,7 +271,8 @@ def decode_deltas(
     """Apply deltas to reference boxes: the inverse of :func:`encode_deltas`.
 
     deltas: ``[..., 4]`` ``(dx, dy, dw, dh)``, e.g. ``[N, 4]`` or per-class ``[N, K, 4]``.
-    reference: ``[..., 4]`` broadcastable against ``deltas`` (``anchors[:, None, :]`` for per-class deltas).
+    reference: ``[..., 4]`` broadcastable to the shape of ``deltas`` (``anchors[:, None, :]`` for per-class
+        deltas), on its device.
     weights: the same ``(wx, wy, ww, wh)`` used to encode.
     clamp: upper bound on ``dw / ww`` and ``dh / wh`` before ``exp`` (torchvision's ``log(1000/16)``), so an
         untrained head cannot produce ``inf`` boxes; None disables it (matterport does not clamp).
@@ -264,6 +280,7 @@ def decode_deltas(
     """
     check_boxes("deltas", deltas, ndim=range(1, 8))
     check_boxes("reference", reference, ndim=range(1, 8))
+    _check_broadcast("reference", reference, "deltas", deltas, enlarge=False)
     wx, wy, ww, wh = _check_weights(weights)
     reference = reference.to(deltas.dtype)
     ax, ay, aw, ah = _centre_size(reference)

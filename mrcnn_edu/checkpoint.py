@@ -5,7 +5,9 @@ safe to rely on during a long run:
 
 - **Atomic writes.** The state is written to a temporary file in the same folder, flushed and ``fsync``-ed,
   then renamed over the target with ``os.replace`` (atomic on POSIX and Windows). A crash, a full disk or a
-  Ctrl-C during the save leaves the previous checkpoint untouched, never a half-written one.
+  Ctrl-C during the save leaves the previous checkpoint untouched, never a half-written one. Only SIGKILL (or
+  a power cut) can leave the temporary file itself behind, ``.last.pt.<random>.tmp``, as big as a
+  checkpoint: :func:`remove_stale_temporaries` deletes them (training calls it when it starts).
 - **Safe loads.** :func:`load_checkpoint` uses ``torch.load(weights_only=True)``, which refuses to run
   arbitrary pickled code, so a checkpoint holds only tensors and plain Python values (dicts, lists, tuples,
   numbers, strings, None). The config is therefore stored as a dict (``Config.to_dict``) and rebuilt
@@ -33,6 +35,7 @@ __all__ = [
     "FORMAT",
     "save_checkpoint",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "rng_state",
     "set_rng_state",
 ]
@@ -64,6 +67,22 @@ def save_checkpoint(path, state: dict) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temporaries(folder) -> list[tuple[Path, int]]:
+    """Delete the temporary files that :func:`save_checkpoint` left in ``folder`` when it was killed.
+
+    Only names it creates are touched (``.<name>.pt.<random>.tmp``). Call it when no save is running in that
+    folder (a training run calls it at its start). Returns ``(path, size in bytes)`` of each file removed.
+    """
+    folder = Path(folder)
+    removed = []
+    for path in sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []:
+        size = path.stat().st_size
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append((path, size))
+    return removed
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_tensor
+from ._checks import check_same_device, check_tensor
 
 __all__ = ["LOSS_NAMES", "rpn_objectness_loss", "rpn_box_loss", "classifier_loss", "box_loss", "mask_loss"]
 
@@ -65,12 +65,17 @@ def rpn_objectness_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     """Binary cross-entropy of the RPN's object/background logit over the sampled anchors.
 
     logits: ``[B, A]`` float, one objectness logit per anchor (any shape works if ``labels`` matches).
-    labels: ``[B, A]`` integer: 1 = object, 0 = background, -1 (any negative) = not sampled, ignored.
+    labels: ``[B, A]`` integer: 1 = object, 0 = background, -1 = not sampled, ignored; on the device of
+        ``logits``. Any other value raises ValueError (it would otherwise count silently as background).
     Returns a scalar: the mean BCE over sampled anchors of the whole batch (matterport and torchvision
     agree); 0 when no anchor is sampled.
     """
     check_tensor("logits", logits, kind="float")
     check_tensor("labels", labels, kind="index")
+    check_same_device(logits=logits, labels=labels)
+    bad = (labels < -1) | (labels > 1)
+    if labels.numel() and bool(bad.any()):
+        raise ValueError(f"labels must be -1, 0 or 1, got {labels[bad].unique().tolist()}")
     if labels.shape != logits.shape:
         raise ValueError(
             f"labels must have the shape of logits {tuple(logits.shape)}, got {tuple(labels.shape)}"
@@ -101,6 +106,7 @@ def rpn_box_loss(
     check_tensor("deltas", deltas, last_dim=4, kind="float")
     check_tensor("target_deltas", target_deltas, last_dim=4, kind="float")
     check_tensor("labels", labels, kind="index")
+    check_same_device(deltas=deltas, target_deltas=target_deltas, labels=labels)
     if target_deltas.shape != deltas.shape:
         raise ValueError(
             f"target_deltas must have the shape of deltas {tuple(deltas.shape)}, "
@@ -118,13 +124,22 @@ def classifier_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     """Softmax cross-entropy of the box head's class scores over the sampled ROIs.
 
     class_logits: ``[R, K + 1]`` float logits, column 0 = background.
-    labels: ``[R]`` int64 class per ROI (0 = background, 1..K objects).
+    labels: ``[R]`` int64 class per ROI (0 = background, 1..K objects), on the device of ``class_logits``.
     Returns the mean over ROIs (scalar); 0 when R = 0. (Matterport additionally zeroes the loss of classes
     absent from the image's dataset, and its zero-padded ROIs count as background; neither applies here.)
     """
     check_tensor("class_logits", class_logits, ndim=2, kind="float")
     check_tensor("labels", labels, ndim=1, kind="int")
+    check_same_device(class_logits=class_logits, labels=labels)
     _check_same_leading("labels", labels, "class_logits", class_logits, 1)
+    if labels.dtype != torch.int64:
+        raise ValueError(f"labels must be int64 (cross_entropy's class indices), got {labels.dtype}")
+    num_classes = class_logits.shape[1]
+    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+        raise ValueError(
+            f"labels must be in 0..{num_classes - 1} (class_logits has {num_classes} columns), got "
+            f"{int(labels.min())}..{int(labels.max())}"
+        )
     total = F.cross_entropy(class_logits, labels, reduction="sum")
     return total / max(labels.numel(), 1)
 
@@ -149,6 +164,7 @@ def box_loss(
     check_tensor("box_deltas", box_deltas, ndim=(2, 3), kind="float")
     check_tensor("labels", labels, ndim=1, kind="int")
     check_tensor("box_targets", box_targets, ndim=2, last_dim=4, kind="float")
+    check_same_device(box_deltas=box_deltas, labels=labels, box_targets=box_targets)
     r = labels.shape[0]
     if box_deltas.dim() == 2:
         if box_deltas.shape[1] % 4 != 0:
@@ -175,14 +191,21 @@ def mask_loss(mask_logits: torch.Tensor, labels: torch.Tensor, mask_targets: tor
         a single channel ``[., 1, M, M]`` is read as a class-agnostic mask.
     labels: int64 class per row of ``mask_logits`` (``[R]`` or ``[R_pos]``); rows with label > 0 are
         positives and are matched, in order, with ``mask_targets``.
-    mask_targets: ``[R_pos, M, M]`` float targets in [0, 1] (binary, or soft from ``roi_align``).
+    mask_targets: ``[R_pos, M, M]`` float targets in [0, 1] (binary, or soft from ``roi_align``); anything
+        else (0-255 masks, NaN) raises ValueError.
     Returns the mean BCE over the positives' pixels (matterport and torchvision agree); other classes'
     channels and negative rows get no gradient. 0 (attached to ``mask_logits``) when R_pos = 0.
     """
     check_tensor("mask_logits", mask_logits, ndim=4, kind="float")
     check_tensor("labels", labels, ndim=1, kind="int")
     check_tensor("mask_targets", mask_targets, ndim=3)
+    check_same_device(mask_logits=mask_logits, labels=labels, mask_targets=mask_targets)
     _check_same_leading("labels", labels, "mask_logits", mask_logits, 1)
+    if mask_targets.numel() and not bool(((mask_targets >= 0) & (mask_targets <= 1)).all()):  # NaN fails too
+        raise ValueError(
+            f"mask_targets must be in [0, 1], got values from {mask_targets.min().item()} to "
+            f"{mask_targets.max().item()} (divide 0-255 masks by 255)"
+        )
     positive = torch.nonzero(labels > 0).flatten()
     if mask_targets.shape[0] != positive.numel() or mask_targets.shape[1:] != mask_logits.shape[2:]:
         raise ValueError(

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_boxes, check_size, check_tensor
+from ._checks import check_boxes, check_same_device, check_size, check_tensor
 
 __all__ = ["paste_masks", "paste_mask_loop", "pad_masks_and_snap_boxes", "mask_iou"]
 
@@ -128,9 +128,10 @@ def paste_masks(
 
     masks: ``[N, M, M]`` (or ``[N, Mh, Mw]``) mask values in box coordinates, usually probabilities
         (``sigmoid`` of the mask head's logits for each box's class). Bool/integer masks are read as 0/1.
-    boxes: ``[N, 4]`` float ``(x1, y1, x2, y2)`` pixels in the target image. Boxes may be fractional, extend
-        past the image (only the part inside is pasted) or be empty/tiny: a box whose half-open extent
-        contains no pixel centre pastes nothing (all-zero result).
+    boxes: ``[N, 4]`` float ``(x1, y1, x2, y2)`` pixels in the target image, on the device of ``masks``.
+        Boxes may be fractional, extend past the image (only the part inside is pasted) or be empty/tiny: a
+        box whose half-open extent contains no pixel centre pastes nothing (all-zero result). NaN or
+        infinite coordinates raise ValueError.
     image_size: ``(H, W)`` of the target image.
     threshold: None returns the interpolated values (torchvision); a number returns ``values >= threshold``
         as a bool mask (matterport uses 0.5).
@@ -149,13 +150,16 @@ def paste_masks(
     n, mh, mw = masks.shape
     if boxes.shape[0] != n:
         raise ValueError(f"boxes must have one row per mask ({n}), got shape {tuple(boxes.shape)}")
+    check_same_device(masks=masks, boxes=boxes)
+    if n and not bool(torch.isfinite(boxes).all()):
+        raise ValueError(f"boxes must be finite, got {boxes[~torch.isfinite(boxes).all(1)].tolist()[:3]}")
     dtype = masks.dtype if masks.is_floating_point() else torch.float32
     out = torch.zeros((n, h, w), dtype=torch.bool if threshold is not None else dtype, device=masks.device)
     if n == 0 or h == 0 or w == 0 or mh == 0 or mw == 0:
         return out
     values = masks.to(dtype)
     # Box coordinates in at least float32: half precision cannot address pixels of large images.
-    coords = boxes.to(device=masks.device, dtype=torch.promote_types(boxes.dtype, torch.float32))
+    coords = boxes.to(dtype=torch.promote_types(boxes.dtype, torch.float32))
     paste = _paste_in_boxes if masks.device.type == "cpu" else _paste_full_image
     paste(values, coords, out, threshold)
     return out

@@ -21,7 +21,9 @@ plain function of ``mrcnn_edu`` that a notebook can call on its own.
 Calling convention (torchvision's): ``model(images, targets)`` in train mode returns the losses
 ``{"rpn_objectness", "rpn_box", "classifier", "box_reg", "mask"}``; in eval mode ``model(images)`` returns one
 dict per image with ``boxes [N, 4]``, ``labels [N]``, ``scores [N]`` and ``masks [N, 1, H, W]``
-(probabilities) in the coordinates of the original image. ``images`` is a list of float ``[3, H, W]`` in 0-1;
+(probabilities) in the coordinates of the original image. ``images`` is a list of float ``[3, H, W]`` in 0-1
+(any float dtype: converted to the weights' dtype, float32; NaN pixels are refused; an image that requires
+grad gets its gradient, e.g. for saliency maps);
 a target is a dict with ``boxes [G, 4]``, ``labels [G]`` (1..K), ``masks [G, H, W]``, optional ``iscrowd``.
 
 ``model.trace(images, targets=None)`` runs the same forward pass and returns every intermediate result under
@@ -99,7 +101,9 @@ def _check_images(images) -> list[torch.Tensor]:
                 else type(im).__name__
             )
             raise ValueError(f"images[{i}] must be a float [3, H, W] tensor, got {got}")
-        if im.numel() and (im.min() < 0 or im.max() > 1):
+        if im.numel() and not bool(((im >= 0) & (im <= 1)).all()):  # one check, NaN included
+            if bool(torch.isnan(im).any()):
+                raise ValueError(f"images[{i}] has {int(torch.isnan(im).sum())} NaN pixels (expected 0-1)")
             raise ValueError(
                 f"images[{i}] values must be in 0-1, got {im.min().item():.3g}..{im.max().item():.3g}"
                 " (divide 0-255 images by 255)"
@@ -171,7 +175,9 @@ class MaskRCNN(nn.Module):
             if trace is not None:
                 trace[name] = value
 
-        images = _check_images(images)
+        # float64 / float16 / bfloat16 images run in the weights' dtype (autocast, if on, takes it from there)
+        dtype = next(self.parameters()).dtype
+        images = [im.to(dtype) for im in _check_images(images)]
         batch, metas, gts = self.mold(images, targets if training else None)
         record("image_metas", metas)
         record("molded_images", batch)

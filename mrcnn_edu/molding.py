@@ -430,6 +430,6 @@ def batch_images(
     height = -(-max(h for h, _ in sizes) // stride) * stride
     width = -(-max(w for _, w in sizes) // stride) * stride
     batch = first.new_zeros((len(images), first.shape[0], height, width))
-    for slot, img, (h, w) in zip(batch, images, sizes, strict=True):
-        slot[:, :h, :w].copy_(img)
+    for i, (img, (h, w)) in enumerate(zip(images, sizes, strict=True)):
+        batch[i, :, :h, :w].copy_(img)  # (indexing, not unbind: images that require grad pass their gradient)
     return batch, sizes

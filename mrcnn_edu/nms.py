@@ -13,7 +13,8 @@ Shape glossary
 
 Semantics (the same in every function here, and the same as ``torchvision.ops.nms``):
 
-- Boxes are sorted by score, best first, with a *stable* sort: equal scores keep their input order.
+- Boxes are sorted by score, best first, with a *stable* sort: equal scores keep their input order. A NaN
+  score ranks last, as ``-inf`` (torch's sort would put it first, and a NaN would suppress a box of 0.9).
 - A box is suppressed when its IoU (:func:`mrcnn_edu.boxes.box_iou`) with a higher-scored *kept* box is
   **strictly greater** than ``iou_threshold``; a suppressed box suppresses nothing.
 - The result is the kept indices into the input, int64, in decreasing score order. Boxes of zero area
@@ -76,6 +77,11 @@ def _check_args(
     return float(iou_threshold)
 
 
+def _nan_last(scores: torch.Tensor) -> torch.Tensor:
+    """NaN scores as -inf, so that every sort ranks them last (no host sync: no check, a replacement)."""
+    return torch.where(torch.isnan(scores), float("-inf"), scores)
+
+
 def _empty(device: torch.device) -> torch.Tensor:
     return torch.zeros(0, dtype=torch.long, device=device)
 
@@ -89,6 +95,7 @@ def nms_steps(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float):
     removes, among those still in play), so a notebook can show every step of :func:`nms_loop`.
     """
     iou_threshold = _check_args(boxes, scores, iou_threshold)
+    scores = _nan_last(scores)
     order = torch.sort(scores, descending=True, stable=True).indices  # candidates, best first
     while order.numel() > 0:
         best, rest = order[0], order[1:]  # the best remaining box always survives...
@@ -251,6 +258,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     negative area there.
     """
     iou_threshold = _check_args(boxes, scores, iou_threshold)
+    scores = _nan_last(scores)
     if boxes.shape[0] == 0:
         return _empty(boxes.device)
     tv = torchvision_ops()
@@ -278,6 +286,7 @@ def batched_nms(
     shift can change IoUs in the last bit.
     """
     iou_threshold = _check_args(boxes, scores, iou_threshold, idxs)
+    scores = _nan_last(scores)
     if boxes.shape[0] == 0:
         return _empty(boxes.device)
     tv = torchvision_ops()

@@ -67,6 +67,7 @@ matterport vs torchvision
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -193,15 +194,26 @@ def _check_pool_args(input, boxes, output_size, spatial_scale):
 # readable RoIAlign
 
 
+def _point_coordinate(name: str, v, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-d tensor as it is, a number as a 0-d tensor of ``dtype``; anything else is a ValueError."""
+    if isinstance(v, torch.Tensor) and v.dim() == 0:
+        return v
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return torch.tensor(float(v), dtype=dtype)
+    raise ValueError(f"{name} must be a 0-d tensor or a number, got {v!r}")
+
+
 def bilinear(feature: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """One bilinear sample of a feature map, with RoIAlign's border rules.
 
-    feature: ``[C, H, W]``; y, x: 0-d tensors (continuous coordinates; feature cell ``(r, c)`` holds its value
-    at ``(r, c)`` in these coordinates). Returns ``[C]``.
+    feature: ``[C, H, W]`` float; y, x: 0-d tensors or numbers (continuous coordinates; feature cell
+    ``(r, c)`` holds its value at ``(r, c)`` in these coordinates). Returns ``[C]``.
 
     A point more than one cell outside the map (``y < -1`` or ``y > H``, same for x) reads 0; otherwise it is
     clamped into ``[0, H-1] x [0, W-1]`` and the 4 surrounding cells are mixed by their bilinear weights.
     """
+    check_tensor("feature", feature, ndim=3, kind="float")
+    y, x = (_point_coordinate(name, v, feature.dtype) for name, v in (("y", y), ("x", x)))
     height, width = feature.shape[-2:]
     if not (-1 <= y <= height and -1 <= x <= width):  # also catches NaN
         return feature.new_zeros(feature.shape[0])

@@ -10,9 +10,11 @@ The loop is plain SGD on the sum of :class:`mrcnn_edu.model.MaskRCNN`'s losses (
         clip_grad_norm_(params, config.grad_clip)        # guards against rare huge gradients
         optimizer.step()                                 # SGD, momentum, weight decay
 
-Around it: validation (COCO AP) and ``best.pt`` at each epoch end, atomic ``last.pt`` checkpoints, exact
-resumption, a progress bar, ``metrics.jsonl`` and ``loss_curve.png``, mixed precision on GPU, a wall-clock
-budget, and multi-GPU data parallelism under ``torchrun``.
+Around it: atomic ``last.pt`` checkpoints, then validation (COCO AP) and ``best.pt`` at each epoch end,
+exact resumption, a progress bar, ``metrics.jsonl`` and ``loss_curve.png`` (and TensorBoard events, on
+request), mixed precision on GPU, a wall-clock budget, multi-GPU data parallelism under ``torchrun``, and
+faults that lose at most the step in flight: SIGTERM and Ctrl-C finish the step and save it, a data error or
+a failed validation keeps every completed step, a save cut short by SIGKILL leaves nothing that piles up.
 
 **Reproducibility.** Everything random is a pure function of ``config.seed`` and the step number, so that a
 run stopped at any step and resumed gives the same losses as one that never stopped:
@@ -41,7 +43,7 @@ images of every step (the same global batch as one process, split by rank), grad
 Outputs in ``out_dir``: ``config.json``, ``metrics.jsonl`` (one JSON line per logged step:
 ``step, epoch, lr, <the 5 losses>, total, grad_norm, seconds``; one line per validation with
 ``"split": "val"``), ``loss_curve.png``, ``last.pt`` and ``best.pt`` (best segm AP; see
-:mod:`mrcnn_edu.checkpoint` for their content).
+:mod:`mrcnn_edu.checkpoint` for their content), ``tensorboard/`` with ``tensorboard=True``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -62,6 +66,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import (
     FORMAT,
     load_checkpoint,
+    remove_stale_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -361,11 +366,26 @@ def save_state(
     return save_checkpoint(path, state)
 
 
-def _read_metrics(path: Path) -> list[dict]:
+def _read_metrics(path: Path) -> tuple[list[dict], bool]:
+    """The records of a ``metrics.jsonl`` and whether its last line was torn (a write cut short: not
+    valid json and no newline after it; it is left out). Any other line that is not json is a ValueError
+    naming the file and the line."""
     if not path.exists():
-        return []
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [], False
+    text = path.read_text()
+    lines = text.split("\n")
+    records, torn = [], False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines) and not text.endswith("\n"):
+                torn = True
+                continue
+            raise ValueError(f"{str(path)!r} line {number} is not a json record: {line[:80]!r}") from None
+    return records, torn
 
 
 def _append_metrics(path: Path, record: dict) -> None:
@@ -375,11 +395,14 @@ def _append_metrics(path: Path, record: dict) -> None:
         f.write(json.dumps(clean) + "\n")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume: drop lines logged after the checkpoint's step (they will be logged again)."""
-    kept = [r for r in _read_metrics(path) if r.get("step", 0) <= step]
+def _truncate_metrics(path: Path, step: int) -> bool:
+    """On resume: drop lines logged after the checkpoint's step (they will be logged again) and a torn last
+    line; returns whether there was a torn line."""
+    records, torn = _read_metrics(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
     with path.open("w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
+    return torn
 
 
 def plot_metrics(metrics_path, png_path) -> Path:
@@ -389,7 +412,7 @@ def plot_metrics(metrics_path, png_path) -> Path:
     """
     from matplotlib.figure import Figure
 
-    records = _read_metrics(Path(metrics_path))
+    records, _ = _read_metrics(Path(metrics_path))
     train_rows = [r for r in records if r.get("split", "train") == "train"]
     val_rows = [r for r in records if r.get("split") == "val"]
     fig = Figure(figsize=(10, 4) if val_rows else (6, 4), layout="constrained")
@@ -456,13 +479,14 @@ def _processes(device):
             dist.destroy_process_group()
 
 
-def _any_rank(flag: bool, proc: _Process, device: torch.device) -> bool:
-    """True on every process if ``flag`` is True on any (so that all stop at the same step)."""
+def _any_rank(flags: tuple[bool, ...], proc: _Process, device: torch.device) -> list[bool]:
+    """Each flag True on every process if it is True on any (so that all stop at the same step); one
+    all-reduce for all of them."""
     if proc.world_size == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 class _Reporter:
@@ -503,20 +527,74 @@ class _Reporter:
             self.bar.close()
 
 
-def _check_training_config(config: Config) -> None:
-    def need(ok: bool, field: str, what: str) -> None:
-        if not ok:
-            raise ValueError(f"config.{field} must be {what}, got {getattr(config, field)!r}")
+def _check_classes(config: Config, train_set, val_set) -> None:
+    """The data's classes (when a data set declares them, as CocoDataset does) are the config's."""
+    for name, data in (("train_set", train_set), ("val_set", val_set)):
+        count = getattr(data, "num_classes", None)
+        if count is not None and count != config.num_classes:
+            raise ValueError(
+                f"{name} has {count} classes (background included) but "
+                f"config.num_classes={config.num_classes}; take them from the data: "
+                "config.replace(num_classes=data.num_classes, class_names=data.class_names)"
+            )
+        names = tuple(getattr(data, "class_names", None) or ())
+        if names and config.class_names and names != tuple(config.class_names):
+            raise ValueError(
+                f"{name} class_names {names} differ from config.class_names {tuple(config.class_names)}: "
+                "a label would be trained (or scored) under another class's name"
+            )
 
-    need(isinstance(config.steps, int) and config.steps >= 1, "steps", "an int >= 1")
-    need(isinstance(config.batch_size, int) and config.batch_size >= 1, "batch_size", "an int >= 1")
-    need(config.lr > 0, "lr", "> 0")
-    need(isinstance(config.warmup_steps, int) and config.warmup_steps >= 0, "warmup_steps", "an int >= 0")
-    need(config.schedule in ("cosine", "step"), "schedule", "'cosine' or 'step'")
-    need(config.optimizer in ("adamw", "sgd"), "optimizer", "'adamw' or 'sgd'")
-    need(config.amp in ("none", "bf16", "fp16"), "amp", "'none', 'bf16' or 'fp16'")
-    need(config.grad_clip >= 0, "grad_clip", ">= 0 (0 turns clipping off)")
-    need(config.momentum >= 0 and config.weight_decay >= 0, "momentum", ">= 0 (and weight_decay too)")
+
+class _Stopped(BaseException):
+    """Raised by :class:`_StopSignals` where training must stop at once."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (``kill``, a scheduler's pre-emption) while training runs.
+
+    The first signal only records itself: the loop finishes the step in flight, saves it, and stops. During
+    validation (``interruptible``) it stops at once, as does a second signal (the state of the last finished
+    step is saved then too). The previous handlers are put back on exit. Outside the main thread (where Python
+    cannot install handlers) nothing changes: Ctrl-C raises KeyboardInterrupt as usual.
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self.interruptible = False
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None or self.interruptible:
+            raise _Stopped(signum)
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_reason(signum: int | None) -> str:
+    return "terminated" if signum == signal.SIGTERM else "interrupted"
+
+
+def _tensorboard_writer(out: Path, start: int):
+    """A SummaryWriter in ``out/tensorboard`` that drops events after ``start`` (a resumed run logs them
+    again); ValueError if the tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except (ImportError, ModuleNotFoundError):
+        raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(out / "tensorboard"), purge_step=start + 1 if start else None)
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -536,14 +614,20 @@ def train(
     model: MaskRCNN | None = None,
     augment: bool = True,
     num_workers: int = 0,
+    tensorboard: bool = False,
+    resume_hint: str = "resume=True",
 ) -> dict:
     """Train a Mask R-CNN for ``config.steps`` steps; see the module docstring for what happens around it.
 
     config: the model and training settings (``batch_size, steps, lr, momentum, weight_decay, warmup_steps,
-        schedule, grad_clip, amp, seed``). train_set / val_set: data sets of ``(image, target)`` items.
+        schedule, grad_clip, amp, seed``), checked with ``config.validate()``. train_set / val_set: data sets
+        of ``(image, target)`` items; where they declare ``num_classes`` / ``class_names`` (CocoDataset does),
+        these must be the config's (ValueError otherwise: nothing is relabelled silently).
     out_dir: where the run's files go (default ``runs/<config.name>``). Starting afresh in a folder that
-        already holds a run (``last.pt``) is refused: pass ``resume=True`` to continue it.
+        already holds a run (``last.pt``) is refused: pass ``resume=True`` to continue it. Unfinished
+        temporary checkpoint files that a killed save left there are removed (and reported).
     resume: continue from ``out_dir/last.pt``: weights, optimizer, step, and so the schedule and data order.
+        A torn last line of ``metrics.jsonl`` (a write cut short) is dropped with a message.
     device: default ``cuda`` (this process's GPU under torchrun) if available, else ``cpu``.
     log_every: log (metrics.jsonl, progress bar) every this many steps, and the last step.
     eval_every_epoch: validate (if ``val_set``) at each epoch end; False validates only when training ends.
@@ -553,17 +637,25 @@ def train(
     model: start from this model (e.g. pretrained weights) instead of a new ``MaskRCNN(config)``.
     augment: random horizontal flips (seeded, see :func:`epoch_plan`).
     num_workers: DataLoader worker processes that load training items.
+    tensorboard: also write the logged numbers as TensorBoard events to ``out_dir/tensorboard`` (needs the
+        ``tensorboard`` package; ValueError before anything starts if it is missing).
+    resume_hint: how messages say to continue a stopped run (the command line passes its own spelling).
 
-    Ctrl-C saves ``last.pt`` at the last completed step and returns with ``stopped="interrupted"``.
-    A NaN or infinite loss raises FloatingPointError naming it; ``last.pt`` is not overwritten.
-    Returns a summary: ``steps`` (completed), ``epochs``, ``stopped`` ("completed", "time_limit" or
-    "interrupted"), ``losses`` (last step's), ``val`` (last validation or None), ``best_metric``,
-    ``seconds``, ``images_per_second`` (this call), ``out_dir``, ``last_checkpoint``, ``best_checkpoint``
-    (or None) and ``model`` (the trained model, unwrapped).
+    Faults lose at most the step in flight: ``last.pt`` is saved at every epoch end *before* validating (a
+    validation that fails is reported and re-raised, the epoch kept); an error while loading training data
+    saves the last completed step and re-raises; SIGTERM or Ctrl-C (SIGINT) finishes the current step, saves
+    it and returns with ``stopped="terminated"`` / ``"interrupted"`` (during validation they stop it at once;
+    a second signal stops at once too). A NaN or infinite loss raises FloatingPointError naming it, and
+    ``last.pt`` keeps the last good epoch.
+    Returns a summary: ``steps`` (completed), ``epochs``, ``stopped`` ("completed", "time_limit",
+    "interrupted" or "terminated"), ``losses`` (last step's), ``val`` (last validation or None),
+    ``best_metric``, ``seconds``, ``images_per_second`` (this call), ``out_dir``, ``last_checkpoint``,
+    ``best_checkpoint`` (or None) and ``model`` (the trained model, unwrapped).
     """
-    _check_training_config(config)
+    config.validate()
     if not isinstance(log_every, int) or log_every < 1:
         raise ValueError(f"log_every must be an int >= 1, got {log_every!r}")
+    _check_classes(config, train_set, val_set)
     out = Path(out_dir) if out_dir is not None else Path("runs") / config.name
     if not resume and (out / "last.pt").exists():
         raise FileExistsError(
@@ -576,15 +668,31 @@ def train(
             raise ValueError(
                 f"config.batch_size={config.batch_size} must be divisible by the {proc.world_size} processes"
             )
-        return _train_loop(config, train_set, val_set, out, resume, device, proc, log_every, eval_every_epoch,
-                           max_minutes, progress, model, augment, num_workers)  # fmt: skip
+        writer = None
+        if tensorboard and proc.is_main:
+            start = load_checkpoint(out / "last.pt")["step"] if resume else 0
+            writer = _tensorboard_writer(out, start)
+        try:
+            return _train_loop(config, train_set, val_set, out, resume, device, proc, log_every,
+                               eval_every_epoch, max_minutes, progress, model, augment, num_workers,
+                               writer, resume_hint)  # fmt: skip
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every, eval_every_epoch,
-                max_minutes, progress, model, augment, num_workers):  # fmt: skip
+                max_minutes, progress, model, augment, num_workers, writer, resume_hint):  # fmt: skip
     """:func:`train` once the arguments are checked and the processes are set up."""
     per_epoch = steps_per_epoch(len(train_set), config.batch_size)
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
+    report = _Reporter(progress and proc.is_main, 0, 0)  # messages before the bar exists
+    if proc.is_main:
+        removed = remove_stale_temporaries(out)
+        if removed:
+            mib = sum(size for _, size in removed) / 2**20
+            report.say(f"removed {len(removed)} unfinished checkpoint files left by an interrupted save "
+                       f"({mib:.1f} MiB): {', '.join(p.name for p, _ in removed)}", always=True)  # fmt: skip
     # --- model, optimizer, and where to start
     torch.manual_seed(config.seed)  # the same initial weights on every process
     model = (model if model is not None else MaskRCNN(config)).to(device)
@@ -593,15 +701,17 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
     start, best_metric, seconds_before = 0, None, 0.0
     if resume:
         state = load_checkpoint(last_path, map_location=device)
-        _warn_config_changes(state["config"], config)
+        if _warn_config_changes(state["config"], config) and proc.is_main:
+            (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start, best_metric, seconds_before = state["step"], state["best_metric"], state.get("seconds", 0.0)
         set_rng_state(state["rng"])  # python / numpy, for data set transforms that use them
-        if proc.is_main:
-            _truncate_metrics(metrics_path, start)
+        if proc.is_main and _truncate_metrics(metrics_path, start):
+            report.say(f"{metrics_path}: dropped a torn last line (a write cut short when the run was "
+                       "killed)", always=True)  # fmt: skip
     elif proc.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
@@ -625,70 +735,107 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
 
     t0 = time.perf_counter()
     step, stopped, last_losses, last_val = start, "completed", None, None
+    signals = _StopSignals()
 
     def save(path: Path) -> None:
         if proc.is_main:
             save_state(path, model, optimizer, config, step, step // per_epoch, best_metric, scaler,
                        seconds_before + time.perf_counter() - t0)  # fmt: skip
 
+    def log(record: dict) -> None:
+        _append_metrics(metrics_path, record)
+        if writer is not None:
+            prefix = "val/" if record.get("split") == "val" else "loss/"
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch", "split"):
+                    name = key if key in ("lr", "grad_norm", "seconds") else prefix + key
+                    writer.add_scalar(name, value, record["step"])
+            writer.flush()
+
     def validate() -> None:
-        """Evaluate on val_set, log it, keep best.pt (rank 0)."""
+        """Evaluate on val_set, log it, keep best.pt (rank 0); a signal stops it at once."""
         nonlocal best_metric, last_val
-        last_val = evaluate_model(model, val_set, config.batch_size // proc.world_size, device)
+        signals.interruptible = True
+        try:
+            last_val = evaluate_model(model, val_set, config.batch_size // proc.world_size, device)
+        except Exception as err:
+            report.say(f"validation at step {step} failed ({type(err).__name__}: {err}); last.pt holds step "
+                       f"{step}: fix the validation data and resume", always=True)  # fmt: skip
+            raise
+        finally:
+            signals.interruptible = False
         row = {"split": "val", "step": step, "epoch": math.ceil(step / per_epoch),
                "voc_mAP50": last_val["voc_mAP50"]}  # fmt: skip
         for kind in ("bbox", "segm"):
             row.update({f"{kind}_{k}": v for k, v in last_val[kind].items()})
-        _append_metrics(metrics_path, row)
+        log(row)
         report.say(f"step {step}: val segm AP {row['segm_AP']:.4f}, bbox AP {row['bbox_AP']:.4f}")
         if math.isfinite(row["segm_AP"]) and (best_metric is None or row["segm_AP"] > best_metric):
             best_metric = row["segm_AP"]
             save(best_path)
 
     def end_of_epoch(with_validation: bool) -> None:
-        """Validate, save last.pt, redraw the curves (rank 0); the other processes wait."""
+        """Save last.pt, validate, redraw the curves (rank 0); the other processes wait."""
         if proc.is_main:
-            if with_validation and val_set is not None:
+            save(last_path)  # first: a failed or interrupted validation never loses the epoch
+            if with_validation and val_set is not None and signals.received is None:
                 validate()
-            save(last_path)
+                save(last_path)  # with the new best_metric
             plot_metrics(metrics_path, out / "loss_curve.png")
         if proc.world_size > 1:
             dist.barrier()
 
     net.train()  # (validation puts the model back in train mode when it is done)
-    try:
-        for images, targets in loader:
-            images, targets = _to_device(images, targets, device)
-            torch.manual_seed(_step_seed(config.seed, step, proc.rank))  # the model's sampling at this step
-            last_losses = train_step(net, images, targets, optimizer, step, config, scaler)
-            step += 1  # steps completed
-            out_of_time = max_minutes is not None and _any_rank(
-                time.perf_counter() - t0 > 60 * max_minutes, proc, device
-            )
+    batches = iter(loader)
+    with signals:
+        try:
+            while True:
+                try:
+                    images, targets = next(batches)
+                except StopIteration:
+                    break
+                except Exception:  # a data error: keep every completed step, then let the error speak
+                    if step > start:
+                        save(last_path)
+                    kept = f"saved step {step} to {str(last_path)!r}" if step else "no step was completed"
+                    report.say(f"loading the data of step {step + 1} failed: {kept}", always=True)
+                    raise
+                images, targets = _to_device(images, targets, device)
+                torch.manual_seed(_step_seed(config.seed, step, proc.rank))  # the model's sampling this step
+                last_losses = train_step(net, images, targets, optimizer, step, config, scaler)
+                step += 1  # steps completed
+                spent = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
+                out_of_time, signalled = _any_rank((spent, signals.received is not None), proc, device)
 
-            record = None
-            if proc.is_main and (step % log_every == 0 or step == config.steps or out_of_time):
-                record = {"step": step, "epoch": math.ceil(step / per_epoch), "lr": last_losses["lr"],
-                          **{k: last_losses[k] for k in (*LOSS_NAMES, "total", "grad_norm")},
-                          "seconds": round(seconds_before + time.perf_counter() - t0, 3)}  # fmt: skip
-                _append_metrics(metrics_path, record)
-            report.step(record)
-            if step % per_epoch == 0 or step == config.steps or out_of_time:
-                end_of_epoch(with_validation=eval_every_epoch or step == config.steps or out_of_time)
-            if out_of_time and step < config.steps:
-                stopped = "time_limit"
-                report.say(f"time budget of {max_minutes} min spent: stopped at step {step}; "
-                           f"continue with resume=True from {str(last_path)!r}", always=True)  # fmt: skip
-                break
-    except KeyboardInterrupt:
-        stopped = "interrupted"
-        if proc.is_main:
-            save(last_path)
-            plot_metrics(metrics_path, out / "loss_curve.png")
-        report.say(f"interrupted: saved step {step} to {str(last_path)!r}; continue with resume=True",
-                   always=True)  # fmt: skip
-    finally:
-        report.close()
+                record = None
+                last = step == config.steps or out_of_time or signalled
+                if proc.is_main and (step % log_every == 0 or last):
+                    record = {"step": step, "epoch": math.ceil(step / per_epoch), "lr": last_losses["lr"],
+                              **{k: last_losses[k] for k in (*LOSS_NAMES, "total", "grad_norm")},
+                              "seconds": round(seconds_before + time.perf_counter() - t0, 3)}  # fmt: skip
+                    log(record)
+                report.step(record)
+                if step % per_epoch == 0 or last:
+                    end_of_epoch(with_validation=eval_every_epoch or step == config.steps or out_of_time)
+                if signalled:
+                    stopped = _stop_reason(signals.received)
+                    report.say(f"{stopped}: saved step {step} to {str(last_path)!r}; continue with "
+                               f"{resume_hint}", always=True)  # fmt: skip
+                    break
+                if out_of_time and step < config.steps:
+                    stopped = "time_limit"
+                    report.say(f"time budget of {max_minutes} min spent: stopped at step {step}; "
+                               f"continue with {resume_hint}", always=True)  # fmt: skip
+                    break
+        except (KeyboardInterrupt, _Stopped) as stop:
+            stopped = _stop_reason(getattr(stop, "signum", None))
+            if proc.is_main:
+                save(last_path)
+                plot_metrics(metrics_path, out / "loss_curve.png")
+            report.say(f"{stopped}: saved step {step} to {str(last_path)!r}; continue with {resume_hint}",
+                       always=True)  # fmt: skip
+        finally:
+            report.close()
 
     elapsed = time.perf_counter() - t0
     return {
@@ -707,9 +854,11 @@ def _train_loop(config, train_set, val_set, out, resume, device, proc, log_every
     }
 
 
-def _warn_config_changes(saved: dict, config: Config) -> None:
+def _warn_config_changes(saved: dict, config: Config) -> bool:
+    """Warn (UserWarning) if a resumed run's config differs from its checkpoint's; return whether it does."""
     changed = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v)
     if changed:
         old = Config.from_dict(saved)
         details = ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}" for k in changed)
         warnings.warn(f"resuming with a changed config ({details})", UserWarning, stacklevel=3)
+    return bool(changed)

@@ -581,3 +581,25 @@ def test_encode_decode_empty():
     assert encode_deltas(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0, 4)
     assert decode_deltas(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0, 4)
     assert decode_deltas(torch.zeros(0, 3, 4), torch.zeros(0, 1, 4)).shape == (0, 3, 4)
+
+
+# ------------------------------------------------------------------ shapes and devices that do not fit
+
+
+def test_encode_decode_reject_row_counts_that_do_not_match():
+    with pytest.raises(ValueError, match="reference"):
+        encode_deltas(torch.ones(5, 4), torch.ones(3, 4))
+    with pytest.raises(ValueError, match="reference"):
+        decode_deltas(torch.zeros(5, 4), torch.ones(3, 4))
+    # reference may broadcast against deltas, but never enlarge them: one box per delta row
+    with pytest.raises(ValueError, match="reference"):
+        decode_deltas(torch.zeros(1, 4), torch.ones(3, 4))
+    assert decode_deltas(torch.zeros(3, 2, 4), torch.ones(3, 1, 4)).shape == (3, 2, 4)
+
+
+def test_encode_decode_reject_tensors_on_different_devices():
+    meta = torch.ones(2, 4, device="meta")
+    with pytest.raises(ValueError, match="reference.*device"):
+        encode_deltas(torch.ones(2, 4), meta)
+    with pytest.raises(ValueError, match="reference.*device"):
+        decode_deltas(torch.zeros(2, 4), meta)

@@ -131,3 +131,21 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
     draws()  # move every generator on
     set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
     assert draws() == expected
+
+
+def test_remove_stale_temporaries_finds_what_a_killed_save_leaves(tmp_path, monkeypatch):
+    # A SIGKILL between writing and renaming: no cleanup runs (here: the cleanup is switched off)
+    def killed(src, dst):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
+    monkeypatch.setattr(checkpoint.os, "unlink", lambda path: None)
+    with pytest.raises(RuntimeError):
+        save_checkpoint(tmp_path / "last.pt", _state(1.0))
+    monkeypatch.undo()
+    (left,) = os.listdir(tmp_path)
+    (tmp_path / "keep.tmp").write_text("not a checkpoint's")
+    removed = checkpoint.remove_stale_temporaries(tmp_path)
+    assert [p.name for p, _ in removed] == [left] and removed[0][1] > 0
+    assert os.listdir(tmp_path) == ["keep.tmp"]
+    assert checkpoint.remove_stale_temporaries(tmp_path / "missing") == []

@@ -23,6 +23,7 @@ from mrcnn_edu.data import (
     CLASS_NAMES,
     CocoDataset,
     Compose,
+    DataError,
     RandomHorizontalFlip,
     ShapesDataset,
     collate,
@@ -240,9 +241,9 @@ def _write_hand_made(tmp_path, **changes):
             # polygon: the rectangle x 2..12, y 3..9 covers pixel columns 2..11 and rows 3..8 = 60 pixels
             {"id": 1, "image_id": 7, "category_id": 5, "bbox": [2, 3, 10, 6], "iscrowd": 0,
              "segmentation": [[2, 3, 12, 3, 12, 9, 2, 9]]},
-            # two polygons (unioned: 4 + 9 pixels) and a two-point "polygon" that encloses nothing
+            # two polygons (unioned: 4 + 9 pixels)
             {"id": 2, "image_id": 7, "category_id": 90, "bbox": [0, 12, 8, 3], "iscrowd": 0,
-             "segmentation": [[0, 12, 2, 12, 2, 14, 0, 14], [5, 12, 8, 12, 8, 15, 5, 15], [1, 1, 4, 4]]},
+             "segmentation": [[0, 12, 2, 12, 2, 14, 0, 14], [5, 12, 8, 12, 8, 15, 5, 15]]},
             {"id": 3, "image_id": 7, "category_id": 1, "bbox": [15, 2, 10, 4], "iscrowd": 0,
              "segmentation": {"size": [H, W], "counts": compressed["counts"].decode("ascii")}},
             {"id": 4, "image_id": 7, "category_id": 1, "bbox": [20, 10, 5, 5], "iscrowd": 1,
@@ -290,6 +291,35 @@ def test_category_remapping(tmp_path):
     assert ds.cat_id_to_label == {1: 1, 5: 2, 90: 3}
     assert ds.label_to_cat_id == {1: 1, 2: 5, 3: 90}
     assert ds.num_classes == 4
+
+
+def test_categories_of_another_set_number_the_labels(tmp_path):
+    """A validation set numbers its labels with the training set's categories, whatever it lacks."""
+    path, image_dir = _write_hand_made(tmp_path)
+    train = CocoDataset(path, image_dir)
+    assert train.categories == ((1, "person"), (5, "car"), (90, "zebra"))
+    data = json.loads(path.read_text())
+    data["categories"] = [c for c in data["categories"] if c["id"] != 1]  # no person in the val set
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 1]
+    val_path = tmp_path / "val.json"
+    val_path.write_text(json.dumps(data))
+    alone = CocoDataset(val_path, image_dir)
+    assert alone.class_names == ("background", "car", "zebra")  # numbered on its own: car would be 1
+    val = CocoDataset(val_path, image_dir, categories=train.categories)
+    assert val.class_names == train.class_names and val.num_classes == 4
+    assert val.cat_id_to_label == train.cat_id_to_label
+    assert val[1][1]["labels"].tolist() == [2, 3]  # car 2, zebra 3, as in training
+
+    data["categories"].append({"id": 33, "name": "kite"})
+    val_path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"val\.json.*category ids \[33\].*not in the training"):
+        CocoDataset(val_path, image_dir, categories=train.categories)
+    data["categories"] = [{"id": 5, "name": "truck"}, {"id": 90, "name": "zebra"}]
+    val_path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="category id 5 is 'truck'.*'car'"):
+        CocoDataset(val_path, image_dir, categories=train.categories)
+    with pytest.raises(ValueError, match="categories"):
+        CocoDataset(path, image_dir, categories=[(1, "person"), (1, "car")])
 
 
 def test_drop_crowd_option(tmp_path):
@@ -349,7 +379,116 @@ def test_decode_segmentation_errors():
         decode_segmentation({"size": [H + 1, W], "counts": [H * W + W]}, H, W)
     with pytest.raises(ValueError, match="segmentation"):
         decode_segmentation("abc", H, W)
-    assert decode_segmentation([], H, W).sum() == 0
+    with pytest.raises(ValueError, match="no polygon"):
+        decode_segmentation([], H, W)
+    with pytest.raises(ValueError, match="3 points"):
+        decode_segmentation([[1, 1, 4, 4]], H, W)  # pycocotools would read two points as a box
+    # pycocotools decodes run lengths without bounds checks: too long a total writes past the mask
+    with pytest.raises(ValueError, match=f"sum to {H * W}"):
+        decode_segmentation({"size": [H, W], "counts": [H * W, 50]}, H, W)
+    too_long = mask_utils.frPyObjects({"size": [H, W + 5], "counts": [3, H * (W + 5) - 3]}, H, W + 5)
+    with pytest.raises(ValueError, match=f"sum to {H * W}"):
+        decode_segmentation({"size": [H, W], "counts": too_long["counts"].decode()}, H, W)
+
+
+def test_compressed_rle_counts_are_read_back_exactly():
+    from mrcnn_edu.data.coco import rle_string_counts
+
+    for mask in (RLE_MASK, CROWD_MASK, np.ones((H, W), np.uint8), np.zeros((H, W), np.uint8)):
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        assert rle_string_counts(rle["counts"]) == _column_major_runs(mask)
+
+
+def _one_annotation(tmp_path, **changes):
+    """The hand-made set with one annotation (id 9 on image 7), changed as given; returns its path."""
+    ann = {"id": 9, "image_id": 7, "category_id": 1, "bbox": [2, 3, 10, 6], "iscrowd": 0,
+           "segmentation": [[2, 3, 12, 3, 12, 9, 2, 9]]} | changes  # fmt: skip
+    return _write_hand_made(tmp_path, annotations=[ann])
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"segmentation": [[2, 3, 12, 3]]}, "polygon 0 has 2 points.*3"),
+        ({"segmentation": [[2, 3, 12, 3, 12, 9, 2, 9], [1, 1]]}, "polygon 1 has 1 point"),
+        ({"segmentation": []}, "no polygon"),
+        ({"segmentation": [[]]}, "polygon 0 has 0 points"),
+        ({"segmentation": [[2, 3, 12, float("nan"), 12, 9]]}, "polygon 0.*finite"),
+        ({"segmentation": [[2, 3, 12, "3", 12, 9]]}, "polygon 0.*numbers"),
+        ({"segmentation": {"size": [H, W], "counts": [10, 5]}}, f"sum to {H * W}"),
+        ({"segmentation": {"size": [H, W], "counts": [-5, H * W + 5]}}, "negative"),
+        ({"segmentation": {"size": [H, W], "counts": [H * W / 2, H * W / 2]}}, "integers"),
+        ({"segmentation": {"size": [H, W + 1], "counts": [H * (W + 1)]}}, "size"),
+        ({"iscrowd": "no"}, "iscrowd must be 0 or 1.*'no'"),
+        ({"iscrowd": 2}, "iscrowd must be 0 or 1"),
+        ({"category_id": "2"}, "category_id must be an integer.*'2'"),
+        ({"image_id": "7"}, "image_id must be an integer"),
+        ({"bbox": [2, 3, float("nan"), 6]}, "bbox"),
+        ({"segmentation": None}, "segmentation"),
+    ],
+)
+def test_malformed_annotations_name_the_file_and_the_annotation(tmp_path, changes, match):
+    path, image_dir = _one_annotation(tmp_path, **changes)
+    with pytest.raises(DataError, match=r"instances\.json.*annotation 9.*" + match):
+        CocoDataset(path, image_dir)
+
+
+def test_annotation_without_segmentation_is_named_on_load(tmp_path):
+    path, image_dir = _one_annotation(tmp_path)
+    data = json.loads(path.read_text())
+    del data["annotations"][0]["segmentation"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="annotation 9.*no 'segmentation'"):
+        CocoDataset(path, image_dir)
+
+
+@pytest.mark.parametrize(
+    ("key", "changes", "match"),
+    [
+        ("images", {"file_name": 123}, "image 7.*file_name must be a non-empty string, got 123"),
+        ("images", {"height": "abc"}, "image 7.*height must be a positive integer, got 'abc'"),
+        ("images", {"width": 0}, "image 7.*width must be a positive integer"),
+        ("images", {"id": "7"}, "image id must be an integer, got '7'"),
+        ("categories", {"id": "90"}, "category id must be an integer, got '90'"),
+        ("categories", {"name": ""}, "category 90.*name must be a non-empty string"),
+    ],
+)
+def test_malformed_images_and_categories_name_the_file_and_the_entry(tmp_path, key, changes, match):
+    path, image_dir = _write_hand_made(tmp_path)
+    data = json.loads(path.read_text())
+    data[key][0].update(changes)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"instances\.json.*" + match):
+        CocoDataset(path, image_dir)
+
+
+def test_duplicate_annotation_ids_are_refused(tmp_path):
+    path, image_dir = _write_hand_made(tmp_path)
+    data = json.loads(path.read_text())
+    data["annotations"][1]["id"] = data["annotations"][0]["id"]  # pycocotools would keep only one of them
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="annotation ids must be unique.*1"):
+        CocoDataset(path, image_dir)
+
+
+def test_a_mask_with_no_pixel_is_refused_when_read(tmp_path):
+    # a valid polygon thinner than a pixel's centre: the object would train on an all-zero mask
+    path, image_dir = _one_annotation(tmp_path, segmentation=[[2.1, 3, 2.3, 3, 2.3, 9, 2.1, 9]])
+    ds = CocoDataset(path, image_dir)
+    with pytest.raises(DataError, match=r"annotation 9.*covers no pixel"):
+        ds[1]
+    with pytest.raises(DataError, match=r"annotation 9.*covers no pixel"):
+        ds.check()
+
+
+def test_check_passes_a_clean_set_and_counts_annotations(tmp_path):
+    path, image_dir = _write_hand_made(tmp_path)
+    ds = CocoDataset(path, image_dir)
+    ds.check()
+    assert ds.num_annotations == 5
+    (tmp_path / "e").mkdir()
+    empty, _ = _write_hand_made(tmp_path / "e", annotations=[])
+    assert CocoDataset(empty, image_dir).num_annotations == 0
 
 
 def test_bad_annotation_files_name_the_file(tmp_path):
@@ -392,7 +531,7 @@ def test_bad_segmentation_names_annotation(tmp_path):
     rle = {"size": [H, W + 1], "counts": [H * (W + 1)]}
     ann = {"id": 4, "image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1], "segmentation": rle}
     path, image_dir = _write_hand_made(tmp_path, annotations=[ann])
-    with pytest.raises(ValueError, match="annotation 4 in .*instances.json.*size"):
+    with pytest.raises(ValueError, match="instances.json.*annotation 4.*size"):
         CocoDataset(path, image_dir)[1]
     del ann["segmentation"]
     path, image_dir = _write_hand_made(tmp_path, annotations=[ann])
@@ -404,8 +543,10 @@ def test_missing_or_unreadable_image_names_the_file(tmp_path):
     path, image_dir = _write_hand_made(tmp_path)
     ds = CocoDataset(path, image_dir)
     (image_dir / "a.png").unlink()
-    with pytest.raises(FileNotFoundError, match="a.png"):
+    with pytest.raises(DataError, match="a.png.*not found"):
         ds[1]
+    with pytest.raises(DataError, match=r"1 of 3 image files.*a\.png"):
+        ds.check()
     (image_dir / "a.png").write_bytes(b"this is not a png")
     with pytest.raises(ValueError, match="a.png"):
         ds[1]
@@ -565,3 +706,44 @@ def test_validate_target_bad_image_and_type():
         validate_target(image, [target], name="sample")
     del target["masks"]
     assert validate_target(image, target, require_masks=False)["boxes"].shape == (1, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Export with a category set of your own
+
+
+def test_export_with_your_own_categories(tmp_path):
+    own = [(5, "cat"), (17, "dog"), (90, "bird")]
+    json_path = export_shapes_coco(tmp_path, 4, (40, 40), seed=3, categories=own)
+    data = json.loads(json_path.read_text())
+    assert [(c["id"], c["name"]) for c in data["categories"]] == [(5, "cat"), (17, "dog"), (90, "bird")]
+    ds = CocoDataset(json_path, tmp_path / "train")
+    assert ds.class_names == ("background", "cat", "dog", "bird")
+    shapes = ShapesDataset(4, (40, 40), seed=3)
+    for i in range(4):  # square -> cat (label 1), circle -> dog (2), triangle -> bird (3)
+        assert torch.equal(ds[i][1]["labels"], shapes[i][1]["labels"])
+    named = export_shapes_coco(tmp_path / "n", 1, (40, 40), categories=["a", "b", "c"])
+    assert [c["id"] for c in json.loads(named.read_text())["categories"]] == [1, 2, 3]
+    for bad in (["a", "b"], ["a", "a", "b"], [(0, "a"), (2, "b"), (3, "c")]):
+        with pytest.raises(ValueError, match="categories"):
+            export_shapes_coco(tmp_path, 1, categories=bad)
+
+
+def test_parse_categories():
+    from mrcnn_edu.data.export import parse_categories
+
+    assert parse_categories("cat, dog") == [(1, "cat"), (2, "dog")]
+    assert parse_categories("5:cat,17:dog") == [(5, "cat"), (17, "dog")]
+    for bad in ("", "a,,b", "x:cat", "0:cat", "1:a,1:b", "a,a"):
+        with pytest.raises(ValueError, match="categories"):
+            parse_categories(bad)
+
+
+def test_export_main_categories(tmp_path, capsys):
+    out = tmp_path / "own"
+    assert export_main(["--out", str(out), "--num-images", "1", "--categories", "5:cat,17:dog,90:bird"]) == 0
+    data = json.loads((out / "annotations" / "instances_train.json").read_text())
+    assert [c["name"] for c in data["categories"]] == ["cat", "dog", "bird"]
+    with pytest.raises(SystemExit) as err:
+        export_main(["--out", str(out), "--categories", "cat,dog"])
+    assert err.value.code == 2 and "categories" in capsys.readouterr().err

@@ -276,3 +276,46 @@ def test_box_loss_with_no_sampled_roi_at_all(layout):
     loss = box_loss(deltas, torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4))
     loss.backward()
     assert loss.item() == 0.0 and deltas.grad is not None
+
+
+# ---------------------------------------------------------------- labels and targets out of range
+
+
+def test_classifier_loss_rejects_labels_out_of_range_or_not_int64():
+    logits = torch.randn(4, 3)
+    for bad in (torch.tensor([0, 1, 3, 0]), torch.tensor([0, -1, 2, 0])):
+        with pytest.raises(ValueError, match="labels.*0.*3"):
+            classifier_loss(logits, bad)
+    with pytest.raises(ValueError, match="labels.*int64"):
+        classifier_loss(logits, torch.tensor([0, 1, 2, 0], dtype=torch.int32))
+    assert classifier_loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64)).item() == 0.0
+
+
+def test_rpn_objectness_loss_rejects_labels_outside_minus_one_zero_one():
+    logits = torch.zeros(1, 4)
+    for bad in ([[0, 1, 2, -1]], [[0, 1, -2, -1]]):
+        with pytest.raises(ValueError, match="labels"):
+            rpn_objectness_loss(logits, torch.tensor(bad))
+
+
+def test_mask_loss_rejects_targets_outside_zero_one():
+    logits, labels, targets = _mask_case()
+    with pytest.raises(ValueError, match=r"mask_targets.*\[0, 1\]"):
+        mask_loss(logits, labels, targets * 255)
+    with pytest.raises(ValueError, match="mask_targets"):
+        mask_loss(logits, labels, torch.full_like(targets, float("nan")))
+
+
+@pytest.mark.parametrize(
+    ("loss", "args"),
+    [
+        (rpn_objectness_loss, (torch.zeros(1, 4), torch.zeros(1, 4, dtype=torch.long, device="meta"))),
+        (classifier_loss, (torch.zeros(2, 3), torch.zeros(2, dtype=torch.long, device="meta"))),
+        (box_loss, (torch.zeros(2, 3, 4), torch.zeros(2).long(), torch.zeros(2, 4, device="meta"))),
+        (rpn_box_loss, (torch.zeros(1, 3, 4), torch.zeros(1, 3, 4, device="meta"), torch.zeros(1, 3).long())),
+        (mask_loss, (torch.zeros(1, 2, 3, 3), torch.ones(1).long(), torch.zeros(1, 3, 3, device="meta"))),
+    ],
+)
+def test_losses_reject_tensors_on_different_devices(loss, args):
+    with pytest.raises(ValueError, match="device"):
+        loss(*args)

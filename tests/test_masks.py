@@ -338,3 +338,11 @@ def test_pad_and_snap_bad_input():
         pad_masks_and_snap_boxes(torch.ones(1, 2, 2), torch.zeros(1, 4), padding=-1)
     with pytest.raises(ValueError, match="one row per mask"):
         pad_masks_and_snap_boxes(torch.ones(2, 2, 2), torch.zeros(1, 4))
+
+
+def test_paste_rejects_nan_boxes_and_other_devices():
+    m = torch.ones(2, 28, 28)
+    with pytest.raises(ValueError, match="boxes.*finite"):
+        paste_masks(m, torch.tensor([[1.0, 1, 5, 5], [float("nan"), 0, 4, 4]]), (10, 10))
+    with pytest.raises(ValueError, match="boxes.*device"):
+        paste_masks(m, torch.zeros(2, 4, device="meta"), (10, 10))

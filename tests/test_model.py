@@ -219,3 +219,47 @@ def test_clip_to_image_refuses_a_centred_image():
     model = MaskRCNN(config)
     with pytest.raises(ValueError, match="clip_to_image"):
         model.eval()([torch.rand(3, 64, 96)])
+
+
+# ------------------------------------------------------------------ images as users hand them in
+
+
+def test_nan_pixels_are_rejected_naming_the_image(model):
+    images, targets = batch()
+    patched = images[1].clone()
+    patched[:, 10:20, 10:20] = float("nan")
+    model.eval()
+    with torch.no_grad(), pytest.raises(ValueError, match=r"images\[1\].*NaN"):
+        model([images[0], patched])
+    model.train()
+    with pytest.raises(ValueError, match=r"images\[1\].*NaN"):
+        model([images[0], patched], targets)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_are_converted_to_the_weights_dtype(model, dtype):
+    images, targets = batch()
+    model.eval()
+    with torch.no_grad():
+        reference = model(images)
+        converted = model([im.to(dtype) for im in images])
+    for a, b, im in zip(reference, converted, images, strict=True):
+        # the same detections as the float32 image rounded to that dtype gives
+        with torch.no_grad():
+            (rounded,) = model([im.to(dtype).float()])
+        assert torch.equal(b["scores"], rounded["scores"]) and b["scores"].dtype == torch.float32
+        if dtype == torch.float64:
+            assert torch.equal(a["boxes"], b["boxes"])
+    model.train()
+    losses = model([im.to(dtype) for im in images], targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_gradients_reach_an_image_that_requires_grad(model):
+    # saliency maps: d(loss) / d(pixels)
+    images, targets = batch()
+    image = images[0].clone().requires_grad_(True)
+    model.train()
+    losses = model([image, images[1]], targets)
+    sum(losses.values()).backward()
+    assert image.grad is not None and image.grad.shape == image.shape and image.grad.abs().sum() > 0

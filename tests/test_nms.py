@@ -371,3 +371,13 @@ def test_nms_steps_shows_each_decision_of_the_loop():
     assert steps[0][1].tolist() == [1] and steps[1][1].tolist() == []
     assert nms_loop(boxes, scores, 0.5).tolist() == [0, 2]
     assert nms_loop(boxes[:0], scores[:0], 0.5).shape == (0,)
+
+
+@pytest.mark.parametrize("fn", [nms, nms_loop])
+def test_nan_scores_rank_last(fn):
+    # A NaN score neither wins nor suppresses a better box: it is ranked after every number.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [30, 0, 40, 10]])
+    scores = torch.tensor([float("nan"), 0.9, float("nan")])
+    assert fn(boxes, scores, 0.5).tolist() == [1, 2]
+    assert batched_nms(boxes, scores, torch.zeros(3, dtype=torch.long), 0.5).tolist() == [1, 2]
+    assert [k for k, _ in nms_steps(boxes, scores, 0.5)] == [1, 2]

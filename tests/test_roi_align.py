@@ -708,3 +708,17 @@ def test_geometry_helpers_bad_input_names_the_argument():
         ra.crop_and_resize_sample_points(box, (8, 8), (2, -1))
     with pytest.raises(ValueError, match="feature_size"):
         ra.crop_and_resize_sample_points(box, None, 2)
+
+
+def test_bilinear_helper_checks_its_arguments():
+    f = grid5()[0]
+    with pytest.raises(ValueError, match="feature"):
+        bilinear(f[0], torch.tensor(1.0), torch.tensor(1.0))  # [H, W], no channel dimension
+    with pytest.raises(ValueError, match="feature"):
+        bilinear(f.long(), torch.tensor(1.0), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="y"):
+        bilinear(f, torch.tensor([1.0, 2.0]), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="x"):
+        bilinear(f, torch.tensor(1.0), "2")
+    # plain numbers are points too
+    torch.testing.assert_close(bilinear(f, 1.25, 2.5), torch.tensor([8.75]))

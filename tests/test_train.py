@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import socket
 import time
 
@@ -23,7 +24,7 @@ import torch.multiprocessing as mp
 from mrcnn_edu import train as train_module
 from mrcnn_edu.checkpoint import load_checkpoint
 from mrcnn_edu.config import Config
-from mrcnn_edu.data import ShapesDataset, collate
+from mrcnn_edu.data import DataError, ShapesDataset, collate
 from mrcnn_edu.model import LOSS_NAMES, MaskRCNN
 from mrcnn_edu.train import (
     WARMUP_START_FACTOR,
@@ -333,3 +334,157 @@ def test_ddp_two_gloo_processes_keep_identical_weights(tmp_path):
     assert changed > len(initial) // 2  # and they did train
     assert [r["step"] for r in train_rows(tmp_path / "run")] == [1, 2]  # one writer: rank 0
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
+
+
+# ------------------------------------------------------------------------------------------ faults
+
+
+class _FailingAfter(torch.utils.data.Dataset):
+    """A data set whose reads raise DataError after ``ok`` successful ones (a missing or corrupt file)."""
+
+    def __init__(self, dataset, ok: int):
+        self.dataset, self.ok, self.reads = dataset, ok, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        if self.reads > self.ok:
+            raise DataError(f"image file 'x/{index}.png' could not be read")
+        return self.dataset[index]
+
+
+def test_a_failed_validation_never_loses_the_epoch(tmp_path, capsys):
+    val = _FailingAfter(ShapesDataset(2, (64, 64), seed=9), ok=0)
+    with pytest.raises(DataError, match="could not be read"):
+        train(tiny_config(), ShapesDataset(4, (64, 64)), val_set=val, out_dir=tmp_path, log_every=1,
+              progress=False)  # fmt: skip
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2  # saved before validating
+    assert "validation at step 2 failed" in capsys.readouterr().out
+
+
+def test_a_data_error_saves_the_last_completed_step(tmp_path, straight_run, capsys):
+    with pytest.raises(DataError, match="could not be read"):  # 2 items per step: step 3 cannot load
+        train(tiny_config(), _FailingAfter(ShapesDataset(4, (64, 64)), ok=5), out_dir=tmp_path, log_every=1,
+              progress=False)  # fmt: skip
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    assert "saved step 2" in capsys.readouterr().out
+    train(tiny_config(), ShapesDataset(4, (64, 64)), out_dir=tmp_path, resume=True, log_every=1,
+          progress=False)  # fmt: skip
+    assert_same_run(tmp_path, straight_run)
+
+
+@pytest.mark.parametrize(
+    ("signum", "stopped"), [(signal.SIGTERM, "terminated"), (signal.SIGINT, "interrupted")]
+)
+def test_a_signal_finishes_the_step_saves_and_resumes_exactly(
+    tmp_path, monkeypatch, straight_run, signum, stopped, capsys
+):
+    real_step, calls = train_module.train_step, []
+
+    def signalled_during_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signum)  # as `kill` or a scheduler would; the handler runs right here
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", signalled_during_step_3)
+    before = signal.getsignal(signum)
+    summary = train(tiny_config(), ShapesDataset(4, (64, 64)), out_dir=tmp_path, log_every=1, progress=False)
+    assert signal.getsignal(signum) is before  # the handler is put back
+    assert summary["stopped"] == stopped and summary["steps"] == 3  # step 3 was finished, then saved
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+    assert f"{stopped}: saved step 3" in capsys.readouterr().out
+    monkeypatch.undo()
+    train(tiny_config(), ShapesDataset(4, (64, 64)), out_dir=tmp_path, resume=True, log_every=1,
+          progress=False)  # fmt: skip
+    assert_same_run(tmp_path, straight_run)
+
+
+def test_a_signal_during_validation_stops_it_at_once(tmp_path, monkeypatch):
+    def validation_killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the handler should have stopped validation")
+
+    monkeypatch.setattr(train_module, "evaluate_model", validation_killed)
+    summary = train(tiny_config(), ShapesDataset(4, (64, 64)), val_set=ShapesDataset(2, (64, 64), seed=9),
+                    out_dir=tmp_path, log_every=1, progress=False)  # fmt: skip
+    assert summary["stopped"] == "terminated" and summary["steps"] == 2
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+
+
+def test_stale_temporary_checkpoints_are_removed(tmp_path, capsys):
+    # SIGKILL during a save leaves the temporary file of save_checkpoint behind (hundreds of MB each)
+    tmp_path.mkdir(exist_ok=True)
+    stale = [tmp_path / ".last.pt.k2j3h4.tmp", tmp_path / ".best.pt.x9y8z7.tmp"]
+    for path in stale:
+        path.write_bytes(b"\0" * 1000)
+    (tmp_path / "notes.tmp").write_text("not ours")
+    train(tiny_config(steps=2), ShapesDataset(4, (64, 64)), out_dir=tmp_path, progress=False)
+    assert not any(p.exists() for p in stale) and (tmp_path / "notes.tmp").exists()
+    assert "removed 2 unfinished checkpoint files" in capsys.readouterr().out
+    stale[0].write_bytes(b"\0" * 10)
+    with pytest.warns(UserWarning, match="changed config"):
+        train(tiny_config(steps=3), ShapesDataset(4, (64, 64)), out_dir=tmp_path, resume=True, progress=False)
+    assert not stale[0].exists()
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, capsys):
+    data = ShapesDataset(4, (64, 64))
+    train(tiny_config(steps=2), data, out_dir=tmp_path, log_every=1, progress=False)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "epoch": 2, "lr": 0.0')  # killed in the middle of a write
+    with pytest.warns(UserWarning, match="changed config"):
+        train(tiny_config(steps=3), data, out_dir=tmp_path, resume=True, log_every=1, progress=False)
+    assert [r["step"] for r in train_rows(tmp_path)] == [1, 2, 3]
+    assert "torn last line" in capsys.readouterr().out
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    lines.insert(1, "{not json")
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl.*line 2"), pytest.warns(UserWarning):
+        train(tiny_config(steps=4), data, out_dir=tmp_path, resume=True, progress=False)
+
+
+def test_the_data_must_have_the_configs_classes(tmp_path):
+    class Named(torch.utils.data.Dataset):
+        def __init__(self, names):
+            self.inner, self.class_names, self.num_classes = ShapesDataset(4, (64, 64)), names, len(names)
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return self.inner[i]
+
+    with pytest.raises(ValueError, match=r"train_set has 3 classes.*num_classes=4"):
+        train(tiny_config(), Named(("background", "cat", "dog")), out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"train_set.*class_names.*'cat'"):
+        train(tiny_config(), Named(("background", "cat", "dog", "bird")), out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"val_set.*class_names"):
+        train(tiny_config(), ShapesDataset(4, (64, 64)), val_set=Named(("background", "a", "b", "c")),
+              out_dir=tmp_path, progress=False)  # fmt: skip
+
+
+def test_tensorboard_logs_beside_metrics(tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard logging is optional")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_config(), ShapesDataset(4, (64, 64)), val_set=ShapesDataset(2, (64, 64), seed=9),
+          out_dir=tmp_path, log_every=1, progress=False, tensorboard=True)  # fmt: skip
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    total = events.Scalars("loss/total")
+    assert [e.step for e in total] == [1, 2, 3, 4]
+    assert [e.value for e in total] == pytest.approx([r["total"] for r in train_rows(tmp_path)], rel=1e-6)
+    assert [e.step for e in events.Scalars("val/segm_AP50")] == [2, 4]
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ValueError, match="pip install tensorboard"):
+        train(tiny_config(), ShapesDataset(4, (64, 64)), out_dir=tmp_path, progress=False, tensorboard=True)
+    assert not (tmp_path / "last.pt").exists()

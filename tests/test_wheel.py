@@ -23,10 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"),
-         str(ROOT)], capture_output=True, text=True,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    build = subprocess.run([*command, "-w", str(tmp / "dist"), str(ROOT)], capture_output=True, text=True)
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = (tmp / "dist").glob("mrcnn_edu-*.whl")
     env = tmp / "env"

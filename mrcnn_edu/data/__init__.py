@@ -2,6 +2,7 @@
 
 from .coco import CocoDataset, load_coco_ground_truth
 from .export import export_shapes_coco
+from .images import DataError, read_image
 from .shapes import CLASS_NAMES, ShapesDataset, make_shapes_image
 from .transforms import Compose, RandomHorizontalFlip, collate, horizontal_flip, validate_target
 
@@ -12,6 +13,8 @@ __all__ = [
     "CocoDataset",
     "load_coco_ground_truth",
     "export_shapes_coco",
+    "DataError",
+    "read_image",
     "Compose",
     "RandomHorizontalFlip",
     "collate",

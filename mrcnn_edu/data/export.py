@@ -8,7 +8,9 @@ labels as the in-memory :class:`mrcnn_edu.data.ShapesDataset` (images up to 8-bi
         <split>/000000.png ...                  one RGB PNG per image
         annotations/instances_<split>.json      COCO json (images, annotations, categories)
 
-Categories are square, circle and triangle with ids 1, 2, 3 (so labels equal ids). Each object's
+Categories are square, circle and triangle with ids 1, 2, 3 (so labels equal ids), or a category set of your
+own (``categories=["cat", "dog", "bird"]`` or ``[(5, "cat"), (17, "dog"), (90, "bird")]``: one name per shape
+kind, in that order), to try the "own data" path with names and ids that are not the shapes'. Each object's
 ``segmentation`` is compressed RLE (pycocotools' encoding, ``counts`` as a str for json), ``bbox`` is
 ``[x, y, w, h]`` of the tight box around its visible pixels, ``area`` its pixel count, ``iscrowd`` 0.
 Image ids are ``index + 1`` and annotation ids count from 1 (COCOeval treats id 0 as "unmatched").
@@ -16,6 +18,7 @@ Image ids are ``index + 1`` and annotation ids count from 1 (COCOeval treats id 
 Command line (``mrcnn-edu export-shapes``, which calls :func:`main`)::
 
     mrcnn-edu export-shapes --out data/generated/shapes --num-images 200 --image-size 128 96 --split train
+    mrcnn-edu export-shapes --out data/own --categories 5:cat,17:dog,90:bird
 """
 
 from __future__ import annotations
@@ -32,7 +35,48 @@ from .._checks import check_size
 from ..boxes import box_convert
 from .shapes import CLASS_NAMES, ShapesDataset
 
-__all__ = ["export_shapes_coco", "main"]
+__all__ = ["export_shapes_coco", "parse_categories", "write_coco_json", "main"]
+
+#: The shapes set's own categories: (id, name) of square, circle, triangle.
+SHAPES_CATEGORIES = tuple((label, name) for label, name in enumerate(CLASS_NAMES) if label > 0)
+
+
+def parse_categories(text: str) -> list[tuple[int, str]]:
+    """``"cat,dog"`` -> ``[(1, "cat"), (2, "dog")]``; ``"5:cat,17:dog"`` -> ``[(5, "cat"), (17, "dog")]``.
+
+    Names are numbered from 1 where no ``ID:`` is given. Raises ValueError for empty names, ids that are not
+    positive integers, or repeated ids or names.
+    """
+    pairs = []
+    for k, item in enumerate(text.split(","), start=1):
+        ident, sep, name = item.strip().rpartition(":")
+        name = name.strip()
+        if sep and not ident.strip().isdigit() or (sep and int(ident) < 1) or not name:
+            raise ValueError(f"categories must look like 'cat,dog' or '5:cat,17:dog', got {text!r}")
+        pairs.append((int(ident) if sep else k, name))
+    ids, names = [i for i, _ in pairs], [n for _, n in pairs]
+    if len(set(ids)) != len(ids) or len(set(names)) != len(names):
+        raise ValueError(f"categories must have unique ids and names, got {pairs}")
+    return pairs
+
+
+def _check_split_name(split_name: str) -> None:
+    if not split_name or not all(c.isalnum() or c in "_-" for c in split_name):
+        raise ValueError(f"split_name must be letters, digits, '_' or '-', got {split_name!r}")
+
+
+def write_coco_json(path: Path, images: list, annotations: list, categories, info: dict) -> Path:
+    """Write one COCO json (``categories`` as ``(id, name)`` pairs); its folder is created if needed."""
+    coco = {
+        "info": info,
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": int(i), "name": name} for i, name in categories],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(coco, f)
+    return path
 
 
 def _to_png_pixels(image: torch.Tensor) -> np.ndarray:
@@ -41,7 +85,13 @@ def _to_png_pixels(image: torch.Tensor) -> np.ndarray:
 
 
 def export_shapes_coco(
-    out_dir, num_images: int, image_size=(128, 128), seed: int = 0, split_name: str = "train", **shape_kwargs
+    out_dir,
+    num_images: int,
+    image_size=(128, 128),
+    seed: int = 0,
+    split_name: str = "train",
+    categories=None,
+    **shape_kwargs,
 ) -> Path:
     """Write ``num_images`` shapes images and their COCO json under ``out_dir``; return the json's path.
 
@@ -50,14 +100,16 @@ def export_shapes_coco(
         ``0 .. num_images - 1`` are exported (image id ``i + 1``).
     split_name: names the image folder and the json (``instances_<split_name>.json``); letters, digits,
         ``_`` and ``-`` only.
+    categories: the categories of the square, circle and triangle, in that order: 3 names (ids 1, 2, 3) or
+        3 ``(id, name)`` pairs; default square, circle, triangle with ids 1, 2, 3.
     """
     from PIL import Image  # pillow comes with matplotlib
 
     if int(num_images) < 0:
         raise ValueError(f"num_images must be >= 0, got {num_images}")
     height, width = check_size("image_size", image_size)
-    if not split_name or not all(c.isalnum() or c in "_-" for c in split_name):
-        raise ValueError(f"split_name must be letters, digits, '_' or '-', got {split_name!r}")
+    _check_split_name(split_name)
+    categories = SHAPES_CATEGORIES if categories is None else _shape_categories(categories)
     dataset = ShapesDataset(num_images, (height, width), seed=seed, **shape_kwargs)
 
     out_dir = Path(out_dir)
@@ -80,7 +132,7 @@ def export_shapes_coco(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": label,
+                    "category_id": categories[label - 1][0],
                     "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
                     "bbox": box,
                     "area": int(mask_utils.area(rle)),
@@ -88,24 +140,24 @@ def export_shapes_coco(
                 }
             )
 
-    categories = [
-        {"id": label, "name": name, "supercategory": "shape"}
-        for label, name in enumerate(CLASS_NAMES)
-        if label > 0  # 0 is the background, not a category
-    ]
-    coco = {
-        "info": {
-            "description": f"mrcnn_edu synthetic shapes, split {split_name!r}",
-            "seed": int(seed),
-            "image_size": [height, width],
-        },
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(coco, f)
-    return json_path
+    info = {"description": f"mrcnn_edu synthetic shapes, split {split_name!r}", "seed": int(seed),
+            "image_size": [height, width]}  # fmt: skip
+    return write_coco_json(json_path, images, annotations, categories, info)
+
+
+def _shape_categories(categories) -> tuple[tuple[int, str], ...]:
+    """3 names or 3 (id, name) pairs -> checked (id, name) pairs of square, circle, triangle."""
+    items = list(categories)
+    pairs = [(k, item) if isinstance(item, str) else tuple(item) for k, item in enumerate(items, start=1)]
+    ok = len(pairs) == 3 and all(
+        len(p) == 2 and isinstance(p[0], int) and p[0] >= 1 and isinstance(p[1], str) and p[1] for p in pairs
+    )
+    if not ok or len({i for i, _ in pairs}) != 3 or len({n for _, n in pairs}) != 3:
+        raise ValueError(
+            "categories must name the 3 shape kinds (square, circle, triangle) with unique names and "
+            f"positive ids: 3 names or 3 (id, name) pairs, got {categories!r}"
+        )
+    return tuple(pairs)
 
 
 def main(argv=None) -> int:
@@ -122,14 +174,19 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--split", default="train", help="split name (default train)")
+    parser.add_argument(
+        "--categories", metavar="NAMES",
+        help="your own names (and ids) for square, circle, triangle: 'cat,dog,bird' or "
+        "'5:cat,17:dog,90:bird' (default 1:square,2:circle,3:triangle)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if len(args.image_size) not in (1, 2):
         parser.error(f"--image-size takes one or two numbers, got {len(args.image_size)}")
     size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
     try:
-        path = export_shapes_coco(
-            args.out, args.num_images, tuple(size), seed=args.seed, split_name=args.split
-        )
+        categories = parse_categories(args.categories) if args.categories else None
+        path = export_shapes_coco(args.out, args.num_images, tuple(size), seed=args.seed,
+                                  split_name=args.split, categories=categories)  # fmt: skip
     except ValueError as err:
         parser.error(str(err))
     print(path)
