@@ -5,8 +5,9 @@
     mrcnn-edu eval   (--checkpoint PATH | --weights SPEC) [--coco JSON --images DIR]
     mrcnn-edu predict (--checkpoint PATH | --weights SPEC) IMAGE...
     mrcnn-edu export-shapes --out DIR   write a shapes set as COCO json + PNGs ("bring your own data" example)
-    mrcnn-edu grade PATH...             run the exercise checks on students' notebooks / modules, score table
+    mrcnn-edu grade --assignment NAME PATH...   grade students' notebooks / modules in a sandbox, score table
     mrcnn-edu exercises build           regenerate the student exercise notebooks from the instructor ones
+    mrcnn-edu exercises export (--nbgrader DIR | --otter DIR)   the exercises as an nbgrader / otter course
 
 Every config field can be overridden with ``--set field=value`` (see ``mrcnn_edu.config.Config``); for
 eval and predict that changes inference settings such as ``detection_min_confidence`` or ``min_dim``.
@@ -407,17 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; its own arguments are parsed by mrcnn_edu.data.export.main (see main below).
     sub.add_parser("export-shapes", help="write generated shapes as COCO json + PNGs", add_help=False)
 
-    from . import exercise_notebooks, grade
+    from .exercises import grading, notebooks
 
-    p = sub.add_parser("grade", help="run the exercise checks on students' notebooks or modules")
-    grade.add_arguments(p)
-    p.set_defaults(func=grade.run)
+    p = sub.add_parser("grade", help="grade students' exercise notebooks or modules (sandboxed workers)")
+    grading.add_arguments(p)
+    p.set_defaults(func=grading.run)
 
     p = sub.add_parser("exercises", help="classroom exercise notebooks")
     exercises_sub = p.add_subparsers(dest="exercises_command", required=True)
     p = exercises_sub.add_parser("build", help="regenerate the student notebooks from the instructor ones")
-    exercise_notebooks.add_arguments(p)
-    p.set_defaults(func=exercise_notebooks.run)
+    notebooks.add_arguments(p)
+    p.set_defaults(func=notebooks.run)
     return parser
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mrcnn_edu import exercise_notebooks as xn
-from mrcnn_edu import grade
-from mrcnn_edu.exercises import EXERCISES, run_check
+from mrcnn_edu.exercises import ASSIGNMENTS, EXERCISES, run_check
+from mrcnn_edu.exercises import grading as grade
+from mrcnn_edu.exercises import notebooks as xn
 
 ROOT = Path(__file__).resolve().parent.parent / "notebooks" / "exercises"
 INSTRUCTOR = sorted((ROOT / "instructor").glob("*.ipynb"))
@@ -131,16 +131,20 @@ def test_grading_code_skips_calls_outside_exercise_cells():
 # the grader
 
 SAMPLE = '''
+import math
+
 import torch
 
-import mrcnn_edu.anchors
-import mrcnn_edu.boxes
-from mrcnn_edu.nms import nms as library_nms
 from mrcnn_edu.roi_align import roi_align  # imported from the library: not the student's, "not found"
 
 
 def box_iou(boxes1, boxes2):  # correct
-    return mrcnn_edu.boxes.box_iou(boxes1, boxes2)
+    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area1 = (boxes1[:, 2:] - boxes1[:, :2]).prod(-1)
+    area2 = (boxes2[:, 2:] - boxes2[:, :2]).prod(-1)
+    return inter / (area1[:, None] + area2[None, :] - inter)
 
 
 def encode_deltas(boxes, reference, weights=(1.0, 1.0, 1.0, 1.0)):  # wrong
@@ -158,8 +162,21 @@ def nms(boxes, scores, iou_threshold):  # never returns
 
 def level_anchors(scale, ratios, feature_shape, feature_stride, anchor_stride=1, offset=0.0):  # loud, correct
     print("x" * 1_000_000)
-    return mrcnn_edu.anchors.level_anchors(scale, ratios, feature_shape, feature_stride,
-                                           anchor_stride, offset)
+    rows, cols = math.ceil(feature_shape[0] / anchor_stride), math.ceil(feature_shape[1] / anchor_stride)
+    step = anchor_stride * feature_stride
+    ys, xs = torch.meshgrid((torch.arange(rows) + offset) * step, (torch.arange(cols) + offset) * step,
+                            indexing="ij")
+    centres = torch.stack((xs, ys, xs, ys), -1).reshape(-1, 1, 4).float()
+    r = torch.tensor([float(v) for v in ratios])
+    w, h = scale * r.sqrt(), scale / r.sqrt()
+    base = torch.stack((-w / 2, -h / 2, w / 2, h / 2), 1)
+    return (centres + base[None]).reshape(-1, 4)
+
+
+def pyramid_anchors(scales, ratios, feature_shapes, feature_strides, anchor_stride=1, offset=0.0):
+    import mrcnn_edu.anchors  # the library's own: fails with a message saying so
+    return mrcnn_edu.anchors.pyramid_anchors(scales, ratios, feature_shapes, feature_strides, anchor_stride,
+                                             offset)
 
 
 if __name__ == "__main__":
@@ -168,19 +185,20 @@ if __name__ == "__main__":
 
 
 def _args(paths, **kw):
-    return argparse.Namespace(paths=[Path(p) for p in paths], timeout=kw.get("timeout", 60.0),
-                              only=kw.get("only"), json=kw.get("json", False))
+    defaults = {"timeout": 60.0, "only": None, "assignment": None, "json": False, "memory": 2048}
+    defaults["seed"] = "test"
+    return argparse.Namespace(paths=[Path(p) for p in paths], **{**defaults, **kw})
 
 
 def test_grader_scores_a_module(tmp_path, capsys):
     path = tmp_path / "sample.py"
     path.write_text(SAMPLE)
-    only = "box_iou,encode_deltas,decode_deltas,nms,level_anchors,roi_align,paste_mask"
+    only = "box_iou,encode_deltas,decode_deltas,nms,level_anchors,pyramid_anchors,roi_align,paste_mask"
     status = grade.run(_args([path], timeout=4.0, only=only, json=True))
     out = capsys.readouterr().out
     assert len(out) < 20_000  # the megabytes printed by the submission are not echoed
     report = json.loads(out)
-    assert status == report["exit_status"] == 1
+    assert status == report["exit_status"] == 1 and report["seed"] == "test"
     (file,) = report["files"]
     results = {r["exercise"]: r for r in file["results"]}
     assert list(results) == only.split(",")
@@ -190,12 +208,17 @@ def test_grader_scores_a_module(tmp_path, capsys):
         "decode_deltas": "fail",
         "nms": "timeout",
         "level_anchors": "pass",
+        "pyramid_anchors": "fail",
         "roi_align": "not found",
         "paste_mask": "not found",
     }
     assert "boom from the student" in results["decode_deltas"]["message"]
+    assert "line " in results["decode_deltas"]["message"]  # the student's line, from the worker
     assert "timed out after 4 s" in results["nms"]["message"]
-    assert (file["passed"], file["total"], report["passed"], report["total"]) == (2, 7, 2, 7)
+    assert "mrcnn_edu.anchors.pyramid_anchors is mrcnn_edu's own implementation" in (
+        results["pyramid_anchors"]["message"]
+    )
+    assert (file["passed"], file["total"], report["passed"], report["total"]) == (2, 8, 2, 8)
     assert file["output_chars"] >= 1_000_000 and len(file["output_head"]) <= grade.OUTPUT_KEPT
 
     # The table, for the same kind of run on a smaller selection.
@@ -204,7 +227,7 @@ def test_grader_scores_a_module(tmp_path, capsys):
     assert status == 1
     assert re.search(r"box_iou +PASS", table) and re.search(r"encode_deltas +FAIL +hand-made", table)
     assert re.search(r"paste_mask +FAIL +not found", table) and "score: 1/3" in table
-    assert "total: 1/3 exercises passed" in table
+    assert "total: 1/3 exercises passed" in table and "--seed test" in table
 
 
 def test_grader_module_that_raises_at_import_and_usage_errors(tmp_path, capsys):
@@ -214,14 +237,24 @@ def test_grader_module_that_raises_at_import_and_usage_errors(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert status == 1
     for r in report["files"][0]["results"]:
-        assert r["status"] == "fail" and "raised at import" in r["message"]
+        assert r["status"] == "fail" and "raised ImportError" in r["message"]
         assert "no such thing" in r["message"]
 
-    assert grade.run(_args([tmp_path / "missing.py"])) == 2
+    assert grade.run(_args([tmp_path / "missing.py"], only="nms")) == 2
     (tmp_path / "notes.txt").write_text("hi")
-    assert grade.run(_args([tmp_path / "notes.txt"])) == 2
+    assert grade.run(_args([tmp_path / "notes.txt"], only="nms")) == 2
     assert grade.run(_args([path], only="not_an_exercise")) == 2
     assert "unknown exercise" in capsys.readouterr().err
+    assert grade.run(_args([path])) == 2  # what to grade comes from the teacher: no default
+    assert "--assignment" in capsys.readouterr().err
+    assert grade.run(_args([path], assignment="99_nothing")) == 2
+    assert "unknown assignment" in capsys.readouterr().err
+
+
+def test_assignments_match_the_notebooks():
+    assert {p.stem: tuple(xn.notebook_exercises(xn.read_notebook(p))) for p in INSTRUCTOR} == ASSIGNMENTS
+    assert grade.resolve_exercises("04_nms,box_iou", "nms") == ["nms", "box_iou"]
+    assert grade.resolve_exercises("all", None) == list(EXERCISES)
 
 
 def test_grader_scores_notebooks(tmp_path, capsys):
@@ -231,19 +264,25 @@ def test_grader_scores_notebooks(tmp_path, capsys):
     for cell in _code_cells(filled):
         if xn.EXERCISE_TAG in xn.cell_tags(cell):
             cell["source"] = (
-                "import mrcnn_edu.nms\n\n\ndef nms(boxes, scores, iou_threshold):\n"
-                "    print('my nms')\n    return mrcnn_edu.nms.nms_loop(boxes, scores, iou_threshold)\n"
+                "def nms(boxes, scores, iou_threshold):\n"
+                "    print('my nms')\n"
+                "    order = torch.sort(scores, descending=True, stable=True).indices\n"
+                "    keep = []\n"
+                "    while len(order):\n"
+                "        keep.append(int(order[0]))\n"
+                "        order = order[1:][box_iou(boxes[order[:1]], boxes[order[1:]])[0] <= iou_threshold]\n"
+                "    return torch.tensor(keep, dtype=torch.long)\n"
             )
         elif "check(" in xn.cell_source(cell):
             cell["source"] = "raise RuntimeError('cells outside the exercise are not run')\n"
     xn.write_notebook(filled, tmp_path / "submission.ipynb")
     paths = [student, ROOT / "instructor" / "04_nms.ipynb", tmp_path / "submission.ipynb"]
-    status = grade.run(_args(paths, json=True))
+    status = grade.run(_args(paths, assignment="04_nms", json=True))
     report = json.loads(capsys.readouterr().out)
     assert status == 1
     files = report["files"]
     assert [f["kind"] for f in files] == ["notebook"] * 3
-    assert [[r["exercise"] for r in f["results"]] for f in files] == [["nms"]] * 3  # the notebook's own
+    assert [[r["exercise"] for r in f["results"]] for f in files] == [["nms"]] * 3  # the assignment's
     assert [f["results"][0]["status"] for f in files] == ["fail", "pass", "pass"]
     assert "not implemented yet" in files[0]["results"][0]["message"]
     assert files[2]["notes"] == [] and files[2]["output_chars"] > 0  # printed by the check's calls

@@ -15,6 +15,8 @@ class Exercise:
     shapes: shapes and dtypes of the arguments and the result. hint: where to start.
     reference: the library function the check compares with (qualified name).
     affects: what :func:`use_student` changes (which functions / model steps then run the student's code).
+    forbidden: the library functions (qualified names) that compute this stage: a graded submission calling
+        any of them, under any name, fails with a message saying so (the reference comes first).
     """
 
     name: str
@@ -25,6 +27,7 @@ class Exercise:
     hint: str
     reference: str
     affects: str
+    forbidden: tuple[str, ...]
 
 
 _EXERCISE_LIST = [
@@ -51,6 +54,11 @@ _EXERCISE_LIST = [
             "RPN and detection targets (training), evaluation, the shapes data generator, nms_loop "
             "(the fast nms computes IoUs pair by pair with matched_box_iou)"
         ),
+        forbidden=(
+            "mrcnn_edu.boxes.box_iou",
+            "mrcnn_edu.boxes.matched_box_iou",
+            "mrcnn_edu.boxes._iou",
+        ),
     ),
     Exercise(
         name="encode_deltas",
@@ -69,6 +77,9 @@ _EXERCISE_LIST = [
         hint="Compute width, height and centre of both sets, then torch.stack the four deltas along dim=1.",
         reference="mrcnn_edu.boxes.encode_deltas",
         affects="the regression targets of rpn_targets and detection_targets (training)",
+        forbidden=(
+            "mrcnn_edu.boxes.encode_deltas",
+        ),
     ),
     Exercise(
         name="decode_deltas",
@@ -91,6 +102,9 @@ _EXERCISE_LIST = [
         reference="mrcnn_edu.boxes.decode_deltas",
         affects=(
             "the proposal layer (decoding the RPN's deltas) and the detection layer (the box head's deltas)"
+        ),
+        forbidden=(
+            "mrcnn_edu.boxes.decode_deltas",
         ),
     ),
     Exercise(
@@ -120,6 +134,12 @@ _EXERCISE_LIST = [
         affects=(
             "pyramid_anchors (the reference calls level_anchors level by level), hence the model's anchors"
         ),
+        forbidden=(
+            "mrcnn_edu.anchors.level_anchors",
+            "mrcnn_edu.anchors.level_anchors_loop",
+            "mrcnn_edu.anchors.pyramid_anchors",
+            "mrcnn_edu.anchors.image_anchors",
+        ),
     ),
     Exercise(
         name="pyramid_anchors",
@@ -141,6 +161,10 @@ _EXERCISE_LIST = [
         hint="Call your level_anchors (or mrcnn_edu.anchors.level_anchors) for each level and torch.cat.",
         reference="mrcnn_edu.anchors.pyramid_anchors",
         affects="the model's anchors (MaskRCNN.anchors; a model caches them per image size)",
+        forbidden=(
+            "mrcnn_edu.anchors.pyramid_anchors",
+            "mrcnn_edu.anchors.image_anchors",
+        ),
     ),
     Exercise(
         name="nms",
@@ -161,6 +185,12 @@ _EXERCISE_LIST = [
         affects=(
             "the proposal layer (nms; batched_nms when rpn_per_level) and the detection layer's per-class "
             "NMS (batched_nms, built from your nms run on each class)"
+        ),
+        forbidden=(
+            "mrcnn_edu.nms.nms",
+            "mrcnn_edu.nms.nms_loop",
+            "mrcnn_edu.nms.nms_steps",
+            "mrcnn_edu.nms.batched_nms",
         ),
     ),
     Exercise(
@@ -195,6 +225,10 @@ _EXERCISE_LIST = [
             "the model's RPN targets in training (crowd boxes are dropped before your function sees the GT; "
             "allow_low_quality=False or allowed_border fall back to the reference, with a warning)"
         ),
+        forbidden=(
+            "mrcnn_edu.rpn_targets.rpn_targets",
+            "mrcnn_edu.rpn_targets.rpn_targets_batch",
+        ),
     ),
     Exercise(
         name="bilinear",
@@ -215,6 +249,9 @@ _EXERCISE_LIST = [
         affects=(
             "roi_align_loop only (notebook 07's readable RoIAlign); the model's fast roi_align does not call "
             "bilinear: put your sampling into the model with the roi_align exercise"
+        ),
+        forbidden=(
+            "mrcnn_edu.roi_align.bilinear",
         ),
     ),
     Exercise(
@@ -244,6 +281,13 @@ _EXERCISE_LIST = [
         affects=(
             "pyramid_roi_align (the model's box and mask pooling when roi_method='roi_align') and the mask "
             "targets of detection_targets"
+        ),
+        forbidden=(
+            "mrcnn_edu.roi_align.roi_align",
+            "mrcnn_edu.roi_align.roi_align_loop",
+            "mrcnn_edu.roi_align.pyramid_roi_align",
+            "mrcnn_edu.roi_align.roi_align_sample_points",
+            "mrcnn_edu.roi_align.roi_align_bins",
         ),
     ),
     Exercise(
@@ -281,6 +325,9 @@ _EXERCISE_LIST = [
             "the model's ROI sampling in training (add_gt_boxes is applied before your function, crowd "
             "boxes are dropped; fill_with_negatives=True falls back to the reference, with a warning)"
         ),
+        forbidden=(
+            "mrcnn_edu.detection_targets.detection_targets",
+        ),
     ),
     Exercise(
         name="paste_mask",
@@ -304,11 +351,28 @@ _EXERCISE_LIST = [
         ),
         reference="mrcnn_edu.masks.paste_mask_loop",
         affects="paste_masks, hence the model's output masks (your function runs on each detection)",
+        forbidden=(
+            "mrcnn_edu.masks.paste_masks",
+            "mrcnn_edu.masks.paste_mask_loop",
+        ),
     ),
 ]
 
 #: The exercises by name, in teaching order.
 EXERCISES: dict[str, Exercise] = {e.name: e for e in _EXERCISE_LIST}
+
+#: The assignments: exercise notebook name -> the exercises it is graded on. The grader takes a file's
+#: exercises from here (``--assignment``), never from the submission, whose metadata the student can edit.
+ASSIGNMENTS: dict[str, tuple[str, ...]] = {
+    "01_box_iou": ("box_iou",),
+    "02_box_deltas": ("encode_deltas", "decode_deltas"),
+    "03_anchors": ("level_anchors", "pyramid_anchors"),
+    "04_nms": ("nms",),
+    "05_rpn_targets": ("rpn_targets",),
+    "06_roi_align": ("bilinear", "roi_align"),
+    "07_detection_targets": ("detection_targets",),
+    "08_paste_mask": ("paste_mask",),
+}
 
 #: Other names accepted for an exercise (the library function a student exercise stands for).
 _ALIASES = {"paste_masks": "paste_mask"}

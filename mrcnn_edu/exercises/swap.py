@@ -51,9 +51,8 @@ SITES: dict[str, dict[str, tuple[str, ...]]] = {
     "paste_mask": {"paste_masks": ("mrcnn_edu.masks", "mrcnn_edu.model")},
 }
 
-# Modules (and their submodules) never swapped: this package, whose checks hold the references, and the
-# grader (which keeps references of its own).
-_NOT_SWAPPED = (__package__, "mrcnn_edu.grade")
+# Modules (and their submodules) never swapped: this package, whose checks and grader hold the references.
+_NOT_SWAPPED = (__package__,)
 
 
 def _unwrap(obj):

@@ -3,23 +3,23 @@
 The instructor notebooks in ``notebooks/exercises/instructor/`` are the source. Each states a task, holds the
 solution in one code cell, checks it with :func:`mrcnn_edu.exercises.check` and runs the detector with it.
 :func:`build_student_notebooks` derives ``notebooks/exercises/student/`` from them
-(``mrcnn-edu exercises build``, or ``python -m mrcnn_edu.exercise_notebooks``); both versions are committed,
-without outputs.
+(``mrcnn-edu exercises build [--src DIR --out DIR]``); both versions are committed, without outputs.
 
 Cell tags (Jupyter: View > Cell Toolbar > Tags, stored in the cell's ``metadata.tags``):
 
 ``exercise``
-    The cell that defines the student's function(s). The grader (:mod:`mrcnn_edu.grade`) runs these cells
-    whole; from every other code cell it runs only the top-level ``import`` statements and ``def`` / ``class``
-    definitions, never calls, checks or detector runs.
+    The cell that defines the student's function(s). The grader (:mod:`.grading`) runs these cells
+    whole; from every other code cell it runs only the top-level ``import`` statements and ``def``
+    statements, never calls, checks, detector runs or class bodies.
 ``solution``
     Instructor-only content. In the student's version a code cell tagged ``solution`` becomes the *task cell*:
     its imports are kept, every top-level function keeps its ``def`` line(s) and docstring and gets the body
     ``raise NotImplementedError("your code here")``; comments and any other statement are dropped. A markdown
     cell tagged ``solution`` is dropped. The ``solution`` tag itself is removed.
 
-Notebook metadata ``mrcnn_edu.exercises`` lists the exercises a notebook covers (the grader expects exactly
-those); the student's version also gets ``mrcnn_edu.generated = true``. Outputs and execution counts are
+Notebook metadata ``mrcnn_edu.exercises`` lists the exercises a notebook covers (it must agree with
+:data:`.catalog.ASSIGNMENTS`, which is what the grader goes by: a student can edit metadata); the student's
+version also gets ``mrcnn_edu.generated = true``. Outputs and execution counts are
 cleared in both versions.
 """
 
@@ -49,7 +49,6 @@ __all__ = [
     "grading_code",
     "add_arguments",
     "run",
-    "main",
 ]
 
 EXERCISE_TAG = "exercise"
@@ -60,7 +59,7 @@ TASK_BODY = 'raise NotImplementedError("your code here")'
 
 def default_dirs() -> tuple[Path, Path]:
     """``(instructor, student)`` folders of the repository this package is run from (an editable install)."""
-    root = Path(__file__).resolve().parent.parent / "notebooks" / "exercises"
+    root = Path(__file__).resolve().parents[2] / "notebooks" / "exercises"
     return root / "instructor", root / "student"
 
 
@@ -99,13 +98,16 @@ def _set_source(cell: dict, text: str) -> None:
 
 
 def cell_tags(cell: dict) -> list[str]:
-    tags = cell.get("metadata", {}).get("tags", [])
+    metadata = cell.get("metadata")
+    tags = metadata.get("tags", []) if isinstance(metadata, dict) else []
     return [str(t) for t in tags] if isinstance(tags, list) else []
 
 
 def notebook_exercises(nb: dict) -> list[str] | None:
     """The exercise names listed in the notebook's ``mrcnn_edu.exercises`` metadata, or None."""
-    names = nb.get("metadata", {}).get("mrcnn_edu", {}).get("exercises")
+    metadata = nb.get("metadata")
+    own = metadata.get("mrcnn_edu") if isinstance(metadata, dict) else None
+    names = own.get("exercises") if isinstance(own, dict) else None
     if isinstance(names, list) and all(isinstance(n, str) for n in names):
         return list(names)
     return None
@@ -261,13 +263,13 @@ def grading_code(nb: dict) -> list[tuple[int, str]]:
     """The code the grader executes from a notebook: ``(cell index, source)`` in cell order.
 
     Code cells tagged ``exercise`` are taken whole (a syntax error there is the student's and is reported);
-    from every other code cell only the top-level imports and ``def`` / ``class`` statements (with their
-    decorators) are taken, so that checks, plots and detector runs are not executed while grading. Cells that
-    do not parse, outside the exercise cells, are skipped.
+    from every other code cell only the top-level imports and ``def`` statements (with their decorators) are
+    taken, so that checks, plots, detector runs and class bodies (code that runs at definition) are not
+    executed while grading. Cells that do not parse, outside the exercise cells, are skipped.
     """
     chunks = []
     for index, cell in enumerate(nb["cells"]):
-        if cell.get("cell_type") != "code":
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
             continue
         source = _strip_magics(cell_source(cell))
         if EXERCISE_TAG in cell_tags(cell):
@@ -275,14 +277,12 @@ def grading_code(nb: dict) -> list[tuple[int, str]]:
             continue
         try:
             tree = ast.parse(source)
-        except SyntaxError:
+        except (SyntaxError, ValueError):
             continue
         lines = source.splitlines()
         kept = []
         for node in tree.body:
-            if isinstance(
-                node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-            ):
+            if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef)):
                 first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
                 kept.append("\n".join(lines[first - 1 : node.end_lineno]))
         if kept:
@@ -329,15 +329,3 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mrcnn-edu exercises build", description="Generate the students' exercise notebooks."
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
