@@ -168,25 +168,25 @@ def _reap(statuses: dict[int, int]) -> None:
         statuses[pid] = status
 
 
-def end_all(statuses: dict[int, int]) -> int:
+def end_all(statuses: dict[int, int]) -> set[int]:
     """Stop, then kill, every process below this one until none is left; reap them into ``statuses``.
 
-    Stopping first freezes a process tree that keeps forking; the loop then kills what it froze. Returns how
-    many processes were killed.
+    Stopping first freezes a process tree that keeps forking; the loop then kills what it froze. Returns the
+    pids killed.
     """
-    killed = 0
+    killed: set[int] = set()
     for _ in range(200):
         _reap(statuses)
         pids = descendants(os.getpid())
         if not pids:
-            return killed
+            break
         seen: set[int] = set()
         while set(pids) - seen:  # freeze, and freeze again what was forked meanwhile
             _signal_all(set(pids) - seen, signal.SIGSTOP)
             seen |= set(pids)
             pids = descendants(os.getpid())
         _signal_all(seen, signal.SIGKILL)
-        killed += len(seen)
+        killed |= seen
         time.sleep(0.01)
     return killed
 
@@ -363,8 +363,9 @@ def supervise(ctl: socket.socket) -> int:
             worker = pid
             ctl.send(json.dumps({"op": "forked", "pid": pid}).encode())
         elif op == "end":
-            killed = end_all(statuses)
-            reply = {"op": "ended", "status": _describe_status(statuses.pop(worker, None)), "killed": killed}
+            others = end_all(statuses) - {worker}  # what the worker started and left running
+            status = _describe_status(statuses.pop(worker, None))
+            reply = {"op": "ended", "status": status, "others": len(others)}
             statuses.clear()
             worker = None
             ctl.send(json.dumps(reply).encode())
