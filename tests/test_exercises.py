@@ -12,8 +12,10 @@ import torch.nn.functional as F
 
 import mrcnn_edu.detection
 import mrcnn_edu.model
+import mrcnn_edu.ops
 import mrcnn_edu.proposals
 from mrcnn_edu import anchors, boxes, detection_targets, exercises, masks, nms, roi_align, rpn_targets
+from mrcnn_edu.boxes import box_iou as library_box_iou
 from mrcnn_edu.config import Config
 from mrcnn_edu.data import ShapesDataset
 from mrcnn_edu.model import MaskRCNN
@@ -467,7 +469,7 @@ MISTAKES = [
     ("paste_mask", make_paste(plus=1), "+ 1"),
     ("paste_mask", make_paste(align_corners=True), "align_corners=False"),
     ("paste_mask", make_paste(transpose=True), "transposed"),
-    ("paste_mask", lambda m, b, s: (masks.paste_mask_loop(m, b, s) >= 0.5).float(), "not a thresholded"),
+    ("paste_mask", lambda m, b, s: (make_paste()(m, b, s) >= 0.5).float(), "thresholding comes later"),
 ]
 
 
@@ -486,9 +488,25 @@ def test_failure_shows_the_hand_made_input_and_the_expected_value():
 def test_in_place_modification_is_reported():
     def box_iou(b1, b2):
         b1[:, 2:] -= b1[:, :2]  # turns the input into (x, y, w, h)
-        return boxes.box_iou(boxes.box_convert(b1, "xywh", "xyxy"), b2)
+        return make_box_iou()(boxes.box_convert(b1, "xywh", "xyxy"), b2)
 
     assert "changed its input `boxes1` in place" in failure("box_iou", box_iou)
+
+
+def test_wrapping_the_library_fails_with_a_message_saying_so():
+    """A notebook's alias is a global of the student's module, as ``library_box_iou`` is of this one."""
+    wrappers = [
+        lambda b1, b2: boxes.box_iou(b1, b2),
+        lambda b1, b2: library_box_iou(b1, b2),
+        lambda b1, b2: mrcnn_edu.ops.box_iou(b1, b2),
+    ]
+    for fn in wrappers:
+        message = failure("box_iou", fn)
+        assert "mrcnn_edu.boxes.box_iou is mrcnn_edu's own implementation of box_iou" in message
+    assert "own implementation of nms" in failure("nms", lambda b, s, t: mrcnn_edu.ops.nms(b, s, t))
+    assert boxes.box_iou is mrcnn_edu.ops.box_iou is library_box_iou  # restored after the check
+    assert exercises.run_check("nms", make_nms()).passed  # library functions of other stages stay usable
+    assert "own implementation" in failure("pyramid_anchors", lambda *a, **k: anchors.pyramid_anchors(*a))
 
 
 def test_student_exception_names_the_line():

@@ -7,9 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import masks as _masks
 from .checking import _PLUS_ONE, _call, _Case, _close, _compare, _gen, _plus_one, _run_exact, _type_problem
-from .swap import _REF, _unwrap
+from .swap import _ORIGINALS, _REF
 
 
 def _paste_other(mask, box, size, mode="bilinear", align_corners=False, rounding=None, transpose=False):
@@ -32,7 +31,7 @@ def _paste_other(mask, box, size, mode="bilinear", align_corners=False, rounding
 
 def _check_paste_mask(fn) -> str:
     ref = _REF["paste_mask"]
-    exact = _unwrap(_masks.paste_masks)
+    exact = _ORIGINALS["paste_mask"]["paste_masks"]
     names = ("mask", "box", "image_size")
     corner = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
     fixed = [

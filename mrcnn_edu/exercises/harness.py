@@ -4,6 +4,7 @@ student's function is a stand-in that runs it in a worker process (:mod:`.gradin
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -11,8 +12,9 @@ import torch
 
 from .catalog import EXERCISES, _exercise_name
 from .checking import _Fail, case_seed
+from .forbid import forbid, restore
 from .registry import CHECKS
-from .swap import _references_only
+from .swap import _mrcnn_modules, _references_only
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,16 @@ class CheckResult:
     name: str
     passed: bool
     message: str
+
+
+def _forbid_here(name: str, fn) -> list:
+    """While ``fn`` is checked, the library's own implementation of ``name`` raises wherever the library or
+    the student's module (a notebook's namespace) holds it: a wrapper around it does not pass. (A function
+    that runs in the grader's worker is covered there.)"""
+    if hasattr(fn, "call_returning_inputs"):
+        return []
+    own = sys.modules.get(getattr(fn, "__module__", None) or "")
+    return forbid(name, _mrcnn_modules() + ([own] if own is not None else []), keep_for_library=True)
 
 
 def run_check(name: str, fn, seed=None) -> CheckResult:
@@ -51,7 +63,11 @@ def run_check(name: str, fn, seed=None) -> CheckResult:
             warnings.catch_warnings(),
         ):
             warnings.simplefilter("ignore")
-            message = CHECKS[name](fn)
+            replaced = _forbid_here(name, fn)
+            try:
+                message = CHECKS[name](fn)
+            finally:
+                restore(replaced)
         return CheckResult(name, True, message)
     except _Fail as failure:
         return CheckResult(name, False, failure.message)

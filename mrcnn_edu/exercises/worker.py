@@ -10,7 +10,7 @@ init, so ``os.setsid()`` and double forks cannot leave its tree), and then serve
     descriptors the grader sent (its message socket; the pipe that collects what it prints), sets its limits
     (address space, CPU seconds, file size, processes), moves into the fresh folder that holds the copy of the
     submission, makes the library's own implementation of the graded stage unusable
-    (:func:`forbid_stage`), refuses imports of other detection libraries, runs the submission's code, and
+    (:func:`.forbid.forbid`), refuses imports of other detection libraries, runs the submission's code, and
     then answers ``call`` messages: it calls the student's function on the inputs it is sent and sends back
     the result and the inputs as the function left them. It never sees a reference output or a comparison.
 ``end``
@@ -39,7 +39,7 @@ import time
 import traceback
 import types
 
-from .catalog import EXERCISES
+from .forbid import forbid
 from .protocol import MAX_TEXT, decode, encode, read_message, write_message
 
 #: Top-level packages a graded submission cannot import (other libraries' implementations of the stages).
@@ -51,49 +51,6 @@ EXTRA_PROCESSES = 64
 #: Largest file a worker may write (RLIMIT_FSIZE), bytes.
 MAX_FILE_BYTES = 64 << 20
 _PR_SET_CHILD_SUBREAPER = 36
-
-
-class LibraryCallForbidden(RuntimeError):
-    """Raised by the library's own implementation of the stage being graded, whatever name it is called by."""
-
-
-class _Forbidden:
-    """Stands in for a library function while its stage is graded. Holds only text: the original is gone."""
-
-    def __init__(self, stage: str, qualname: str):
-        self.stage, self.qualname = stage, qualname
-        self.__name__ = qualname.rsplit(".", 1)[1]
-        self.__module__ = qualname.rsplit(".", 1)[0]
-
-    def __call__(self, *args, **kwargs):
-        raise LibraryCallForbidden(
-            f"{self.qualname} is mrcnn_edu's own implementation of {self.stage}: a graded {self.stage} must "
-            "compute it with your own code (calling the library's other functions is fine)"
-        )
-
-
-def forbid_stage(stage: str) -> list[str]:
-    """Replace, in every loaded module, each library function of ``EXERCISES[stage].forbidden`` by a stand-in
-    that raises :class:`LibraryCallForbidden`, and drop the originals. Returns the replaced
-    ``module.attribute`` names. (``mrcnn_edu.ops`` and every module that imported the function are covered,
-    since the sweep goes by identity.)"""
-    originals = {}
-    for qualname in EXERCISES[stage].forbidden:
-        module_name, attr = qualname.rsplit(".", 1)
-        fn = getattr(importlib.import_module(module_name), attr)
-        originals.setdefault(id(fn), (fn, _Forbidden(stage, qualname)))
-    replaced = []
-    for name, module in list(sys.modules.items()):
-        namespace = getattr(module, "__dict__", None)
-        if not isinstance(namespace, dict):
-            continue
-        for attr, value in list(namespace.items()):
-            entry = originals.get(id(value))
-            if entry is not None and entry[0] is value:
-                namespace[attr] = entry[1]
-                replaced.append(f"{name}.{attr}")
-    originals.clear()  # the last references: the originals are freed
-    return replaced
 
 
 class _ImportBlocker(importlib.abc.MetaPathFinder):
@@ -270,7 +227,7 @@ def _flush() -> None:
 
 def serve(channel: socket.socket, stage: str) -> int:
     """Run one exercise's worker on ``channel`` (after the sandbox is set up); returns the exit status."""
-    forbid_stage(stage)
+    forbid(stage, list(sys.modules.values()))  # the originals are dropped with the returned list
     _block_imports()
     load = read_message(channel)
     if not load or load.get("kind") != "load":
