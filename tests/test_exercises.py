@@ -144,11 +144,11 @@ def make_pyramid(reverse=False, tensor_only=False, count_positions=False):
     return pyramid_anchors
 
 
-def make_nms(rule="gt", order="score", only_kept=True, dtype=torch.int64, as_list=False):
-    iou_fn = make_box_iou()
+def make_nms(rule="gt", order="score", only_kept=True, dtype=torch.int64, as_list=False, sort=True, plus=0.0):
+    iou_fn = make_box_iou(plus=plus)
 
     def nms_fn(b, s, t):
-        order_ = sorted(range(len(s)), key=lambda i: (-float(s[i]), i))
+        order_ = sorted(range(len(s)), key=lambda i: (-float(s[i]), i)) if sort else list(range(len(s)))
         iou = iou_fn(b, b) if len(b) else None
         keep, removed = [], set()
         for rank, i in enumerate(order_):
@@ -233,7 +233,8 @@ def make_bilinear(swap=False, nearest=False, zero_outside_map=False):
     return bilinear
 
 
-def make_roi_align(ignore_aligned=False, swap_xy=False, ignore_scale=False, one_sample=False):
+def make_roi_align(ignore_aligned=False, swap_xy=False, ignore_scale=False, one_sample=False,
+                   fixed_two=False):  # fmt: skip
     read = make_bilinear()
 
     def roi_align_fn(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
@@ -252,6 +253,8 @@ def make_roi_align(ignore_aligned=False, swap_xy=False, ignore_scale=False, one_
             gw = sampling_ratio if sampling_ratio > 0 else max(math.ceil(bw / ow), 0)
             if one_sample:
                 gh = gw = 1
+            if fixed_two and sampling_ratio <= 0:
+                gh = gw = 2
             for ph in range(oh):
                 for pw in range(ow):
                     total = torch.zeros(input.shape[1])
@@ -448,6 +451,7 @@ MISTAKES = [
     ("nms", make_nms(rule="ge"), "strictly"),
     ("nms", make_nms(only_kept=False), "only *kept* boxes"),
     ("nms", make_nms(dtype=torch.int32), "int64"),
+    ("nms", make_nms(sort=False), "you did not sort by score"),
     ("nms", make_nms(as_list=True), "list"),
     ("rpn_targets", make_rpn_targets(rule_pos="gt"), "you used >"),
     ("rpn_targets", make_rpn_targets(low_quality=False), "low-quality"),
@@ -462,6 +466,7 @@ MISTAKES = [
     ("roi_align", make_roi_align(swap_xy=True), "x and y"),
     ("roi_align", make_roi_align(ignore_scale=True), "spatial_scale was ignored"),
     ("roi_align", make_roi_align(one_sample=True), "one sample per bin"),
+    ("roi_align", make_roi_align(fixed_two=True), "sampling_ratio <= 0 means adaptive"),
     ("detection_targets", make_detection_targets(negatives_first=True), "positives come first"),
     ("detection_targets", make_detection_targets(fill=True), "fill up to num_samples"),
     ("detection_targets", make_detection_targets(whole_image_mask=True), "whole image"),
@@ -477,6 +482,16 @@ MISTAKES = [
 def test_mistake_is_diagnosed(name, fn, diagnosis):
     message = failure(name, fn)
     assert diagnosis in message, message
+
+
+def test_a_diagnosis_only_for_the_mistake_the_function_makes():
+    """Exactly at the threshold a >= and widths + 1 give the same output: only the right one is named."""
+    message = failure("nms", make_nms(rule="ge"))
+    assert "strictly" in message and "+ 1" not in message
+    message = failure("nms", make_nms(plus=1.0))
+    assert "+ 1" in message and "strictly" not in message
+    message = failure("roi_align", make_roi_align(fixed_two=True))
+    assert "hand-made case 4" in message and "adaptive" in message and "one sample" not in message
 
 
 def test_failure_shows_the_hand_made_input_and_the_expected_value():

@@ -235,10 +235,39 @@ def _difference_text(got: torch.Tensor, expected: torch.Tensor, atol: float, rto
     )
 
 
+def _matches_variant(got, make, atol: float, rtol: float) -> bool:
+    """Whether ``got`` is what the mistake ``make`` computes (True where the mistake cannot be computed)."""
+    try:
+        wrong = make()
+    except Exception:  # the variant does not apply to this input: no evidence either way
+        return True
+    if not (isinstance(wrong, torch.Tensor) and isinstance(got, torch.Tensor)):
+        return True
+    if tuple(wrong.shape) != tuple(got.shape):
+        return False
+    wrong = wrong.to(got.dtype) if got.is_floating_point() == wrong.is_floating_point() else wrong
+    return _close(got, wrong, atol, rtol)
+
+
 def _compare(
-    name, case, where, got, expected, *, atol, rtol, variants=(), shape_hint="", show_expected=True
+    name,
+    case,
+    where,
+    got,
+    expected,
+    *,
+    atol,
+    rtol,
+    variants=(),
+    shape_hint="",
+    show_expected=True,
+    confirm=None,
 ) -> None:
-    """Fail with a full explanation unless ``got`` matches ``expected``."""
+    """Fail with a full explanation unless ``got`` matches ``expected``.
+
+    confirm: optional ``f(diagnoses) -> diagnoses`` keeping those that the student's function also matches
+    on the check's other cases; used when several mistakes give the student's output on this case.
+    """
     head = f"FAIL {name}, {where}"
     problem = _type_problem(got, expected, shape_hint)
     if problem is None and _close(got, expected, atol, rtol):
@@ -249,6 +278,8 @@ def _compare(
         if isinstance(got, torch.Tensor):
             text += f"\n  Got:\n{_indent(_fmt(got))}"
     diagnoses = _diagnose(got, expected, variants, atol, rtol) if isinstance(got, torch.Tensor) else []
+    if len(diagnoses) > 1 and confirm is not None:
+        diagnoses = confirm(diagnoses) or diagnoses
     if problem is None:
         text += "\n  " + _difference_text(got, expected, atol, rtol)
     if diagnoses:
@@ -262,8 +293,31 @@ def _compare(
 
 
 def _run_exact(name, fn, ref, fixed, random, *, atol, rtol, variants, shape_hint="", call=None) -> str:
-    """Hand-made cases, then random cases, each compared with the reference; returns the PASS summary."""
+    """Hand-made cases, then random cases, each compared with the reference; returns the PASS summary.
+
+    A diagnosis is given only if the student's output is what that mistake gives on the failing case; when
+    several mistakes give it (a ``>=`` in NMS and widths ``x2 - x1 + 1`` agree on a box pair exactly at the
+    threshold), only those the function also makes on every other case are named.
+    """
     call = call or _call
+
+    def confirm(candidates: list[str], failing: _Case) -> list[str]:
+        for other in (*fixed, *random):
+            if not candidates:
+                break
+            if other is failing:
+                continue
+            try:
+                got = call(fn, name, other, "another case")
+            except _Fail:  # raises or changes its input there: no evidence from this case
+                continue
+            expected = ref(*other.args, **other.kwargs)
+            makes = dict(variants(other, expected))
+            candidates = [
+                c for c in candidates if c not in makes or _matches_variant(got, makes[c], atol, rtol)
+            ]
+        return candidates
+
     for kind, cases in (("hand-made case", fixed), ("random case", random)):
         for i, case in enumerate(cases):
             where = f"{kind} {i + 1} of {len(cases)}" + (f" ({case.label})" if case.label else "")
@@ -280,6 +334,7 @@ def _run_exact(name, fn, ref, fixed, random, *, atol, rtol, variants, shape_hint
                 variants=variants(case, expected),
                 shape_hint=shape_hint,
                 show_expected=(kind == "hand-made case" or expected.numel() <= 96),
+                confirm=lambda found, case=case: confirm(found, case),
             )
     return (
         f"PASS {name}: {len(fixed)} hand-made and {len(random)} random cases agree with "
