@@ -494,6 +494,26 @@ def test_a_diagnosis_only_for_the_mistake_the_function_makes():
     assert "hand-made case 4" in message and "adaptive" in message and "one sample" not in message
 
 
+def test_random_cases_depend_on_the_seed_so_answers_cannot_be_copied():
+    """A table of one student's answers (inputs -> outputs) passes that student's check, not another's."""
+    table = {}
+    honest = make_box_iou()
+
+    def recorder(b1, b2):
+        out = honest(b1, b2)
+        table[(b1.numpy().tobytes(), b2.numpy().tobytes())] = out
+        return out
+
+    def copied(b1, b2):
+        return table.get((b1.numpy().tobytes(), b2.numpy().tobytes()), torch.zeros(len(b1), len(b2)))
+
+    assert exercises.run_check("box_iou", recorder, seed="alice").passed
+    assert exercises.run_check("box_iou", copied, seed="alice").passed
+    message = failure("box_iou", lambda b1, b2: copied(b1, b2))  # the notebooks' cases (seed None)
+    assert "random case 1" in message
+    assert "random case 1" in exercises.run_check("box_iou", copied, seed="bob").message
+
+
 def test_failure_shows_the_hand_made_input_and_the_expected_value():
     message = failure("box_iou", make_box_iou(plus=1.0))
     assert "two overlapping 2x2 squares" in message and "1/7" in message
