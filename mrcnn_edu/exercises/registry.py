@@ -12,8 +12,11 @@ from collections.abc import Callable
 from .catalog import EXERCISES
 from .check_anchors import _check_level_anchors, _check_pyramid_anchors
 from .check_boxes import _check_box_iou, _check_decode_deltas, _check_encode_deltas
-from .check_masks import _check_paste_mask
+from .check_layers import _check_detection_layer, _check_proposal_layer
+from .check_losses import _check_mask_loss, _check_rpn_loss
+from .check_masks import _check_mask_target, _check_paste_mask
 from .check_nms import _check_nms
+from .check_pooling import _check_assign_fpn_levels, _check_crop_and_resize, _check_roi_pool
 from .check_roi_align import _check_bilinear, _check_roi_align
 from .check_targets import _check_detection_targets, _check_rpn_targets
 
@@ -29,6 +32,14 @@ CHECKS: dict[str, Callable[[Callable], str]] = {
     "roi_align": _check_roi_align,
     "detection_targets": _check_detection_targets,
     "paste_mask": _check_paste_mask,
+    "proposal_layer": _check_proposal_layer,
+    "detection_layer": _check_detection_layer,
+    "roi_pool": _check_roi_pool,
+    "crop_and_resize": _check_crop_and_resize,
+    "assign_fpn_levels": _check_assign_fpn_levels,
+    "mask_target": _check_mask_target,
+    "rpn_loss": _check_rpn_loss,
+    "mask_loss": _check_mask_loss,
 }
 
 if list(CHECKS) != list(EXERCISES):  # one table each, kept in the same (teaching) order

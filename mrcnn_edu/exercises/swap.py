@@ -49,6 +49,14 @@ SITES: dict[str, dict[str, tuple[str, ...]]] = {
     "roi_align": {"roi_align": ("mrcnn_edu.roi_align", "mrcnn_edu.detection_targets", "mrcnn_edu.ops")},
     "detection_targets": {"detection_targets": ("mrcnn_edu.detection_targets", "mrcnn_edu.model")},
     "paste_mask": {"paste_masks": ("mrcnn_edu.masks", "mrcnn_edu.model")},
+    "proposal_layer": {"propose": ("mrcnn_edu.proposals", "mrcnn_edu.model")},
+    "detection_layer": {"detect": ("mrcnn_edu.detection", "mrcnn_edu.model")},
+    "roi_pool": {"roi_pool": ("mrcnn_edu.roi_align", "mrcnn_edu.ops")},
+    "crop_and_resize": {"crop_and_resize": ("mrcnn_edu.roi_align",)},
+    "assign_fpn_levels": {"assign_fpn_levels": ("mrcnn_edu.roi_align",)},
+    "mask_target": {"mask_targets": ("mrcnn_edu.detection_targets",)},
+    "rpn_loss": {"rpn_objectness_loss": ("mrcnn_edu.losses",), "rpn_box_loss": ("mrcnn_edu.losses",)},
+    "mask_loss": {"mask_loss": ("mrcnn_edu.losses",)},
 }
 
 # Modules (and their submodules) never swapped: this package, whose checks and grader hold the references.
@@ -85,6 +93,13 @@ _REF = {
     "roi_align": _ORIGINALS["roi_align"]["roi_align"],
     "detection_targets": _ORIGINALS["detection_targets"]["detection_targets"],
     "paste_mask": _unwrap(_masks.paste_mask_loop),
+    "proposal_layer": _ORIGINALS["proposal_layer"]["propose"],
+    "detection_layer": _ORIGINALS["detection_layer"]["detect"],
+    "roi_pool": _ORIGINALS["roi_pool"]["roi_pool"],
+    "crop_and_resize": _ORIGINALS["crop_and_resize"]["crop_and_resize"],
+    "assign_fpn_levels": _ORIGINALS["assign_fpn_levels"]["assign_fpn_levels"],
+    "mask_target": _ORIGINALS["mask_target"]["mask_targets"],
+    "mask_loss": _ORIGINALS["mask_loss"]["mask_loss"],
 }
 # Library helpers the checks and adapters call, saved unswapped for the same reason.
 _box_iou = _REF["box_iou"]
@@ -367,7 +382,183 @@ def _adapters(stage: str, fn: Callable) -> dict[str, Callable]:
             return out >= threshold if threshold is not None else out
 
         return {"paste_masks": paste_masks}
+
+    if stage == "proposal_layer":
+        return {"propose": _proposal_adapter(fn, original["propose"])}
+    if stage == "detection_layer":
+        return {"detect": _detection_adapter(fn, original["detect"])}
+
+    if stage == "roi_pool":
+
+        def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+            if isinstance(boxes, (list, tuple)):
+                parts = [torch.cat((torch.full_like(b[:, :1], i), b), dim=1) for i, b in enumerate(boxes)]
+                boxes = torch.cat(parts) if parts else input.new_zeros((0, 5))
+            size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+            return _student_output(fn(input, boxes.detach().to(input.dtype), size, spatial_scale), stage)
+
+        return {"roi_pool": roi_pool}
+
+    if stage == "crop_and_resize":
+
+        def crop_and_resize(input, boxes, box_indices, crop_size, extrapolation_value=0.0):
+            size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+            out = fn(input, boxes.detach(), box_indices.long(), size, extrapolation_value=extrapolation_value)
+            return _student_output(out, stage)
+
+        return {"crop_and_resize": crop_and_resize}
+
+    if stage == "assign_fpn_levels":
+
+        def assign_fpn_levels(boxes, k0=4, canonical_size=224, min_level=2, max_level=5, rounding="round",
+                              eps=1e-6, image_size=None):  # fmt: skip
+            if rounding != "round" or image_size is not None:
+                _warn_once(
+                    "assign_fpn_levels-options",
+                    "assign_fpn_levels: rounding='floor' and matterport's normalised boxes (image_size) are "
+                    "not part of the exercise; the reference runs for these calls",
+                )
+                return original["assign_fpn_levels"](
+                    boxes, k0, canonical_size, min_level, max_level, rounding, eps, image_size
+                )
+            out = fn(boxes, k0=k0, canonical_size=canonical_size, min_level=min_level, max_level=max_level)
+            return _student_output(out, stage).long()
+
+        return {"assign_fpn_levels": assign_fpn_levels}
+
+    if stage == "mask_target":
+
+        def mask_targets(gt_masks, rois, matched_gt, mask_size=28, aligned=False, binarize=True):
+            if aligned or not binarize:
+                _warn_once(
+                    "mask_target-options",
+                    "mask_targets: aligned=True and soft targets are not part of the exercise; the reference "
+                    "runs for these calls",
+                )
+                return original["mask_targets"](gt_masks, rois, matched_gt, mask_size, aligned, binarize)
+            out = [
+                _student_output(fn(gt_masks[g], roi, mask_size), stage)
+                for roi, g in zip(rois, matched_gt.tolist(), strict=True)
+            ]
+            if not out:
+                return rois.new_zeros((0, mask_size, mask_size))
+            return torch.stack(out).to(device=rois.device, dtype=rois.dtype)
+
+        return {"mask_targets": mask_targets}
+
+    if stage == "rpn_loss":
+
+        def rpn_objectness_loss(logits, labels):
+            zeros = logits.new_zeros((*logits.shape, 4))
+            return _student_loss(fn(logits, zeros, labels, zeros), stage, 0)
+
+        def rpn_box_loss(deltas, target_deltas, labels, beta=1.0 / 9, normalize="sampled"):
+            if normalize != "sampled":
+                _warn_once(
+                    "rpn_loss-normalize",
+                    "rpn_box_loss: normalize other than 'sampled' is not part of the exercise; the reference "
+                    "runs for these calls",
+                )
+                return original["rpn_box_loss"](deltas, target_deltas, labels, beta, normalize)
+            logits = deltas.new_zeros(deltas.shape[:-1])
+            return _student_loss(fn(logits, deltas, labels, target_deltas, beta=beta), stage, 1)
+
+        return {"rpn_objectness_loss": rpn_objectness_loss, "rpn_box_loss": rpn_box_loss}
+
+    if stage == "mask_loss":
+
+        def mask_loss(mask_logits, labels, mask_targets):
+            if mask_logits.shape[1] == 1:
+                _warn_once(
+                    "mask_loss-agnostic",
+                    "mask_loss: class-agnostic masks (one channel) are not part of the exercise; the "
+                    "reference runs for these calls",
+                )
+                return original["mask_loss"](mask_logits, labels, mask_targets)
+            return _student_output(fn(mask_logits, labels, mask_targets), stage)
+
+        return {"mask_loss": mask_loss}
     raise AssertionError(stage)
+
+
+def _student_loss(out, stage: str, index: int) -> torch.Tensor:
+    """Item ``index`` of the student's ``(objectness_loss, box_loss)``."""
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(
+            f"your {stage} must return (objectness_loss, box_loss); run "
+            f"mrcnn_edu.exercises.check({stage!r}, {stage})"
+        )
+    return _student_output(out[index], stage)
+
+
+def _student_tuple(out, stage: str, n: int) -> tuple:
+    if not (isinstance(out, (tuple, list)) and len(out) == n):
+        raise TypeError(
+            f"your {stage} must return a tuple of {n} tensors; run "
+            f"mrcnn_edu.exercises.check({stage!r}, {stage})"
+        )
+    return tuple(_student_output(t, stage) for t in out)
+
+
+def _proposal_adapter(fn: Callable, original: Callable) -> Callable:
+    """The library's ``propose`` (a batch) calling the student's one-image ``proposal_layer``."""
+
+    def propose(objectness, deltas, anchors, image_sizes, num_anchors_per_level=None, pre_nms_top_n=6000,
+                post_nms_top_n=2000, nms_threshold=0.7, min_size=0.0, per_level=False,
+                weights=(1.0, 1.0, 1.0, 1.0), score_threshold=0.0, clamp=_boxes.DEFAULT_DELTA_CLAMP,
+                return_pre_nms=False):  # fmt: skip
+        args = (objectness, deltas, anchors, image_sizes, num_anchors_per_level, pre_nms_top_n,
+                post_nms_top_n, nms_threshold, min_size, per_level, weights, score_threshold,
+                clamp)  # fmt: skip
+        if per_level or min_size > 0 or score_threshold > 0 or clamp != _boxes.DEFAULT_DELTA_CLAMP:
+            _warn_once(
+                "proposal_layer-options",
+                "propose: per_level, min_size, score_threshold and clamp settings are not part of the "
+                "exercise; the reference runs for these calls",
+            )
+            return original(*args, return_pre_nms=return_pre_nms)
+        # Candidates before NMS (for pictures only) come from the reference; the proposals are the student's.
+        results = original(*args, return_pre_nms=True) if return_pre_nms else [{} for _ in image_sizes]
+        objectness, deltas, anchors = objectness.detach(), deltas.detach(), anchors.detach().to(deltas.dtype)
+        for i, size in enumerate(image_sizes):
+            out = fn(objectness[i], deltas[i], anchors, tuple(int(v) for v in size),
+                     pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n, nms_threshold=nms_threshold,
+                     weights=tuple(weights))  # fmt: skip
+            boxes, scores = _student_tuple(out, "proposal_layer", 2)
+            unknown = torch.full((len(boxes),), -1, dtype=torch.long, device=boxes.device)
+            results[i].update(boxes=boxes, scores=scores, anchor_index=unknown, levels=unknown)
+        return results
+
+    return propose
+
+
+def _detection_adapter(fn: Callable, original: Callable) -> Callable:
+    """The library's ``detect`` calling the student's ``detection_layer``."""
+
+    def detect(class_logits, box_deltas, proposals, image_size, score_threshold=0.7, nms_threshold=0.3,
+               max_detections=100, weights=(10.0, 10.0, 5.0, 5.0), candidates="argmax", min_size=0.0,
+               clamp=_boxes.DEFAULT_DELTA_CLAMP, return_pre_nms=False):  # fmt: skip
+        args = (class_logits, box_deltas, proposals, image_size, score_threshold, nms_threshold,
+                max_detections, weights, candidates, min_size, clamp)  # fmt: skip
+        if candidates != "argmax" or min_size > 0 or clamp != _boxes.DEFAULT_DELTA_CLAMP:
+            _warn_once(
+                "detection_layer-options",
+                "detect: candidates='all', min_size and clamp settings are not part of the exercise; the "
+                "reference runs for these calls",
+            )
+            return original(*args, return_pre_nms=return_pre_nms)
+        result = original(*args, return_pre_nms=True) if return_pre_nms else {}
+        logits = class_logits.detach()
+        deltas = box_deltas.detach().reshape(logits.shape[0], logits.shape[1], 4)
+        out = fn(logits, deltas, proposals.detach().to(deltas.dtype), tuple(int(v) for v in image_size),
+                 score_threshold=score_threshold, nms_threshold=nms_threshold, max_detections=max_detections,
+                 weights=tuple(weights))  # fmt: skip
+        boxes, scores, labels = _student_tuple(out, "detection_layer", 3)
+        unknown = torch.full((len(boxes),), -1, dtype=torch.long, device=boxes.device)
+        result.update(boxes=boxes, scores=scores, labels=labels.long(), roi_index=unknown)
+        return result
+
+    return detect
 
 
 def _student_targets(out, solid: torch.Tensor, stage: str) -> dict:
