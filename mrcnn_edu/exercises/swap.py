@@ -634,6 +634,22 @@ def use_reference(stage: str | None = None) -> None:
         _restore(s)
 
 
+def use_student_if_passed(stage: str, fn: Callable, passed: bool) -> bool:
+    """For a demo cell: swap ``fn`` in if its check ``passed``, else put the library's function back, and say
+    plainly which one the demo runs. Returns ``passed``."""
+    stage = _exercise_name(stage)
+    if passed:
+        use_student(stage, fn)
+        print(f"The demo below runs YOUR {stage}.")
+    else:
+        use_reference(stage)
+        print(
+            f"Your {stage} has not passed its check yet, so the demo below runs the LIBRARY's {stage}, not "
+            f"yours. Fix it, run check({stage!r}, {stage}) again, then this cell."
+        )
+    return bool(passed)
+
+
 def active() -> dict[str, str]:
     """``stage -> "reference" | "student"`` for every exercise."""
     return {s: ("student" if s in _STUDENT else "reference") for s in EXERCISES}
