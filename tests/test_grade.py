@@ -57,8 +57,12 @@ def test_student_notebook_carries_no_solution(path):
     instructor = xn.read_notebook(path)
     student = xn.read_notebook(STUDENT / path.name)
     student_lines = {line.strip() for c in student["cells"] for line in xn.cell_source(c).splitlines()}
-    solutions = [c for c in instructor["cells"] if xn.SOLUTION_TAG in xn.cell_tags(c)]
+    tagged = [c for c in instructor["cells"] if xn.SOLUTION_TAG in xn.cell_tags(c)]
+    solutions = [c for c in tagged if c["cell_type"] == "code"]
     assert solutions, "an instructor notebook has solution cells"
+    answers = [c for c in tagged if c["cell_type"] != "code"]
+    for cell in answers:  # instructor-only text (answers to the questions) is dropped
+        assert not set(xn.cell_source(cell).splitlines()) & student_lines - {""}
     for cell in solutions:
         task = xn.task_cell_source(xn.cell_source(cell)).splitlines()
         lines = xn.cell_source(cell).splitlines()

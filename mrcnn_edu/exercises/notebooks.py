@@ -42,6 +42,7 @@ __all__ = [
     "cell_source",
     "cell_tags",
     "notebook_exercises",
+    "solution_parts",
     "task_cell_source",
     "student_notebook",
     "build_student_notebooks",
@@ -117,41 +118,55 @@ def notebook_exercises(nb: dict) -> list[str] | None:
 # instructor -> student
 
 
-def task_cell_source(source: str) -> str:
-    """The student's task cell made from a solution cell: imports, and each function's header and docstring.
+def solution_parts(source: str) -> list[tuple[str, str, str]]:
+    """A solution cell split for the tools that hide solutions: one ``(head, indent, body)`` per statement.
 
     source: Python code of a solution cell: only ``import`` statements and function definitions.
-    Returns the same imports and functions (decorators, ``def`` line(s) and docstring kept verbatim) with
-    every body replaced by :data:`TASK_BODY`. Raises ValueError (naming ``source``) on anything else, so
-    that no solution code can slip into the student's version unnoticed.
+    An import gives ``(its text, "", "")``; a function gives its head (decorators, ``def`` line(s) and
+    docstring, verbatim), the indentation of its body and the rest of its body (verbatim, possibly empty).
+    Raises ValueError (naming ``source``) on anything else, so that no solution code can slip into a student's
+    version unnoticed, and when there is no function.
     """
     try:
         tree = ast.parse(source)
     except SyntaxError as err:
         raise ValueError(f"source of a solution cell does not parse: {err}") from None
     lines = source.splitlines()
-    imports, functions = [], []
+    parts = []
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            imports.append("\n".join(lines[node.lineno - 1 : node.end_lineno]))
+            parts.append(("\n".join(lines[node.lineno - 1 : node.end_lineno]), "", ""))
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             first = min([node.lineno] + [d.lineno for d in node.decorator_list])
             body = node.body
-            header = lines[first - 1 : body[0].lineno - 1]
-            indent = " " * body[0].col_offset
-            doc = body[0] if ast.get_docstring(node, clean=False) is not None else None
-            if doc is not None:
-                if doc.lineno == node.lineno:  # one-line function: ``def f(x): "doc"; ...``
+            head_end = body[0].lineno - 1
+            if ast.get_docstring(node, clean=False) is not None:
+                if body[0].lineno == node.lineno:  # one-line function: ``def f(x): "doc"; ...``
                     raise ValueError(f"source: put the body of {node.name}() on its own lines")
-                header += lines[doc.lineno - 1 : doc.end_lineno]
-            functions.append("\n".join(header + [indent + TASK_BODY]))
+                head_end = body[0].end_lineno
+            head = "\n".join(lines[first - 1 : head_end])
+            rest = "\n".join(lines[head_end : node.end_lineno])
+            parts.append((head, " " * body[0].col_offset, rest))
         else:
             raise ValueError(
                 "source of a solution cell may hold only imports and function definitions, got a "
                 f"{type(node).__name__} statement on line {node.lineno}"
             )
-    if not functions:
+    if not any(indent for _, indent, _ in parts):
         raise ValueError("source of a solution cell defines no function")
+    return parts
+
+
+def task_cell_source(source: str) -> str:
+    """The student's task cell made from a solution cell: imports, and each function's header and docstring.
+
+    source: Python code of a solution cell (see :func:`solution_parts`, which raises ValueError on anything
+    else). Returns the same imports and functions (decorators, ``def`` line(s) and docstring kept verbatim)
+    with every body replaced by :data:`TASK_BODY`.
+    """
+    parts = solution_parts(source)
+    imports = [head for head, indent, _ in parts if not indent]
+    functions = [f"{head}\n{indent}{TASK_BODY}" for head, indent, _ in parts if indent]
     blocks = (["\n".join(imports)] if imports else []) + functions
     return "\n\n\n".join(blocks) + "\n"
 
