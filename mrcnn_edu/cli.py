@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; its own arguments are parsed by mrcnn_edu.data.export.main (see main below).
     sub.add_parser("export-shapes", help="write generated shapes as COCO json + PNGs", add_help=False)
 
-    from .exercises import grading, notebooks
+    from .exercises import export, grading, notebooks
 
     p = sub.add_parser("grade", help="grade students' exercise notebooks or modules (sandboxed workers)")
     grading.add_arguments(p)
@@ -419,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = exercises_sub.add_parser("build", help="regenerate the student notebooks from the instructor ones")
     notebooks.add_arguments(p)
     p.set_defaults(func=notebooks.run)
+    p = exercises_sub.add_parser("export", help="the exercises as an nbgrader course or otter notebooks")
+    export.add_arguments(p)
+    p.set_defaults(func=export.run)
     return parser
 
 
