@@ -309,3 +309,53 @@ def test_build_command_and_check_flag(tmp_path, capsys):
     assert not (out / "99_gone.ipynb").exists() and (out / "mine.ipynb").exists()
     assert xn.run(parser.parse_args(["--src", str(tmp_path / "nothing"), "--out", str(out)])) == 2
     capsys.readouterr()
+
+
+def test_grader_passes_instructor_solutions_that_sample_and_train(capsys):
+    """Through the worker protocol: generators (sampling), large inputs, tensors that carry a gradient."""
+    paths = [ROOT / "instructor" / "05_rpn_targets.ipynb", ROOT / "instructor" / "15_rpn_loss.ipynb"]
+    reports = grade.grade_paths(paths, ["rpn_targets", "rpn_loss"], timeout=120.0, memory_mb=2048, seed="x")
+    statuses = [[r.status for r in rep.results] for rep in reports]
+    assert statuses == [["pass", "not found"], ["not found", "pass"]], [rep.results for rep in reports]
+
+
+def test_protocol_round_trips_values_and_refuses_malformed_messages():
+    import numpy as np
+    import torch
+
+    from mrcnn_edu.exercises import protocol
+
+    g = torch.Generator().manual_seed(3)
+    value = {
+        "t": torch.arange(6.0).reshape(2, 3).requires_grad_(),
+        "big": torch.rand(1023, 4),
+        "b": torch.tensor([True, False]),
+        "h": torch.ones(2, dtype=torch.bfloat16),
+        "e": torch.zeros(0, 4, dtype=torch.int64),
+        "n": np.float32(1.5),
+        "x": (1, 2.5, None, "s", [torch.tensor(3)]),
+        "g": g,
+        "o": object(),
+    }
+    back = protocol.decode(json.loads(json.dumps(protocol.encode(value))))
+    assert torch.equal(back["t"], value["t"]) and back["t"].requires_grad
+    assert torch.equal(back["big"], value["big"]) and torch.equal(back["b"], value["b"])
+    assert back["h"].dtype == torch.bfloat16 and back["e"].shape == (0, 4)
+    assert isinstance(back["n"], np.ndarray) and back["x"][:4] == (1, 2.5, None, "s")
+    assert torch.equal(torch.rand(3, generator=back["g"]), torch.rand(3, generator=g))
+    assert isinstance(back["o"], protocol.Opaque) and back["o"].type_name == "builtins.object"
+    bad = [
+        {"$": "tensor", "dtype": "float32", "shape": [2], "data": "AAAA"},  # 3 bytes for 8
+        {"$": "tensor", "dtype": "object", "shape": [1], "data": ""},
+        {"$": "tensor", "dtype": "float32", "shape": [1 << 40], "data": ""},
+        {"$": "tensor", "dtype": "float32", "shape": [1], "data": "!!!!"},
+        {"$": "eval", "code": "1"},
+        {"no": "kind"},
+    ]
+    deep: list = []
+    for _ in range(40):
+        deep = [deep]
+    bad.append(deep)
+    for data in bad:
+        with pytest.raises(protocol.ProtocolError):
+            protocol.decode(data)

@@ -145,8 +145,10 @@ def _shape(value) -> tuple[int, ...]:
 
 
 def _data(value, expected: int) -> bytes:
+    if not isinstance(value, str):
+        raise ProtocolError("tensor data must be a base64 string")
     try:
-        raw = base64.b64decode(_text(value, "data"), validate=True)
+        raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("tensor data is not base64") from None
     if len(raw) != expected:

@@ -335,10 +335,14 @@ def supervise(ctl: socket.socket) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ctl = socket.socket(fileno=int(argv[0]))
-    import torch  # noqa: F401 - imported once here, so that each fork starts with it
+    # Imported once here, so that each fork starts with them (notebooks import them in their first cell).
+    # Not the exercises' checks: the saved references there must not exist in a worker.
+    import matplotlib.pyplot  # noqa: F401
+    import torch
 
-    import mrcnn_edu  # noqa: F401
+    import mrcnn_edu.notebook  # noqa: F401
     import mrcnn_edu.ops  # noqa: F401
+    import mrcnn_edu.visualize  # noqa: F401
 
     torch.set_num_threads(1)  # no thread pool exists when the workers fork
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the grader ends it (Ctrl-C reaches the grader only)
