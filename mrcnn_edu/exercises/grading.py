@@ -549,20 +549,25 @@ def grade_paths(
     timeout: float = DEFAULT_TIMEOUT,
     memory_mb: int = DEFAULT_MEMORY_MB,
     seed: str | None = None,
+    done: list | None = None,
 ) -> list[FileReport]:
     """Grade each file on ``exercises`` (names of :data:`.catalog.EXERCISES`), in order.
 
     Every file is read before any student code runs. timeout: seconds for loading a file and for each
     exercise's check; memory_mb: address space a worker may add; seed: the random cases' seed (each file's
-    cases also depend on its name; None: a new random seed). Returns one :class:`FileReport` per path.
-    Never raises because of a submission. Linux only (see the module docstring).
+    cases also depend on its name; None: a new random seed). done: a list that receives each report as soon
+    as its file is graded (what is kept if the run is interrupted). Returns one :class:`FileReport` per
+    path. Never raises because of a submission. Linux only (see the module docstring).
     """
     seed = secrets.token_hex(4) if seed is None else str(seed)
     submissions = [_read_submission(Path(p)) for p in paths]
+    done = [] if done is None else done
     sandbox = _Sandbox()
     try:
-        return [_grade_submission(sandbox, s, list(exercises), timeout, memory_mb, seed) for s in submissions]
-    finally:
+        for sub in submissions:
+            done.append(_grade_submission(sandbox, sub, list(exercises), timeout, memory_mb, seed))
+        return list(done)
+    finally:  # Ctrl-C included: every process a submission started ends here
         sandbox.close()
 
 
@@ -708,7 +713,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"grade: {line}", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else secrets.token_hex(4)
-    reports = grade_paths(args.paths, names, args.timeout, args.memory, seed)
+    reports: list[FileReport] = []
+    try:
+        grade_paths(args.paths, names, args.timeout, args.memory, seed, done=reports)
+    except KeyboardInterrupt:  # what was graded is kept: the table of the finished files
+        print(format_report(reports, seed) if reports else "", file=sys.stderr)
+        print(f"grade: interrupted after {len(reports)} of {len(args.paths)} file(s)", file=sys.stderr)
+        return 130
     status = exit_status(reports)
     if args.json:
         passed, total = sum(r.passed for r in reports), sum(r.total for r in reports)
