@@ -172,12 +172,17 @@ def test_otter_assigns_and_runs(tmp_path):
     def is_answer(cell):
         return "otter_answer_cell" in xn.cell_tags(cell)
 
-    scores = {}
-    for name, answer in (("alice", CORRECT), ("bob", WRONG)):
+    runs = {}
+    for name, answer in (("alice", CORRECT), ("bob", WRONG)):  # both at once: each waits for its kernel
         xn.write_notebook(_with_answer(student, answer, is_answer), tmp_path / f"{name}.ipynb")
-        out = tmp_path / f"out-{name}"
-        out.mkdir()
-        _run([*otter, "run", "-a", str(zip_path), "-o", str(out), str(tmp_path / f"{name}.ipynb")], tmp_path)
-        results = json.loads((out / "results.json").read_text())
+        (tmp_path / f"out-{name}").mkdir()
+        args = [*otter, "run", "-a", str(zip_path), "-o", str(tmp_path / f"out-{name}"), f"{name}.ipynb"]
+        runs[name] = subprocess.Popen(args, cwd=tmp_path, env=_tool_env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    scores = {}
+    for name, proc in runs.items():
+        output = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, f"otter run {name} failed:\n{output[-3000:]}"
+        results = json.loads((tmp_path / f"out-{name}" / "results.json").read_text())
         scores[name] = sum(t.get("score", 0) or 0 for t in results["tests"])
     assert scores == {"alice": 1.0, "bob": 0.0}
