@@ -359,3 +359,19 @@ def test_protocol_round_trips_values_and_refuses_malformed_messages():
     for data in bad:
         with pytest.raises(protocol.ProtocolError):
             protocol.decode(data)
+
+
+def test_random_cases_differ_per_student_and_repeat_with_the_seed(tmp_path):
+    """The module prints a digest of every input it is given: another file (student) gets other random cases,
+    the same file and --seed the same ones."""
+    source = SAMPLE + (
+        "\n\nimport hashlib\n\n_correct = box_iou\n\n\ndef box_iou(boxes1, boxes2):\n"
+        "    print(hashlib.sha1(boxes1.numpy().tobytes()).hexdigest()[:8])\n"
+        "    return _correct(boxes1, boxes2)\n"
+    )
+    for name in ("alice.py", "bob.py"):
+        (tmp_path / name).write_text(source)
+    alice, bob = grade.grade_paths([tmp_path / "alice.py", tmp_path / "bob.py"], ["box_iou"], seed="s")
+    (again,) = grade.grade_paths([tmp_path / "alice.py"], ["box_iou"], seed="s")
+    (other,) = grade.grade_paths([tmp_path / "alice.py"], ["box_iou"], seed="t")
+    assert alice.output_head == again.output_head != bob.output_head != other.output_head != alice.output_head

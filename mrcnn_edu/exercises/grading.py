@@ -26,8 +26,8 @@ the student's reach: **the student's code only ever computes outputs.**
 * After each exercise every process below the supervisor is stopped and killed (the supervisor is their
   subreaper, so ``os.setsid()`` and double forks stay in its tree); processes marked with the run's token
   are hunted down if the supervisor itself is killed.
-* Random cases differ per file and per ``--seed`` (default: a new seed each run, printed with the results),
-  so answers cannot be copied from a neighbour as numbers.
+* Random cases differ per file (its path as given) and per ``--seed`` (default: a new seed each run, printed
+  with the results), so answers cannot be copied from a neighbour as numbers.
 
 Not prevented (there is no kernel-level sandbox): the worker runs as your user, so it can read and write your
 files, use the network and look for the library's source to copy. For high stakes grade inside a container
@@ -530,7 +530,7 @@ def _grade_submission(sandbox, sub, names, timeout, memory_mb, seed) -> FileRepo
     progress = _Progress()
     for name in names:
         result = _grade_exercise(
-            sandbox, sub, name, timeout, memory_mb, f"{seed}/{sub.path.name}", output, progress
+            sandbox, sub, name, timeout, memory_mb, f"{seed}/{sub.path}", output, progress
         )
         if result.status == "error" and "died" in result.message:
             result = ExerciseResult(name, "error", f"{result.message} ({progress.ended})")
@@ -556,9 +556,10 @@ def grade_paths(
 
     Every file is read before any student code runs. timeout: seconds for loading a file and for each
     exercise's check; memory_mb: address space a worker may add; seed: the random cases' seed (each file's
-    cases also depend on its name; None: a new random seed). done: a list that receives each report as soon
-    as its file is graded (what is kept if the run is interrupted). Returns one :class:`FileReport` per
-    path. Never raises because of a submission. Linux only (see the module docstring).
+    cases also depend on its path as given: the student's id; None: a new random seed). done: a list that
+    receives each report as soon as its file is graded (what is kept if the run is interrupted). Returns
+    one :class:`FileReport` per path. Never raises because of a submission. Linux only (see the module
+    docstring).
     """
     seed = secrets.token_hex(4) if seed is None else str(seed)
     submissions = [_read_submission(Path(p)) for p in paths]
@@ -608,7 +609,7 @@ def format_report(reports: list[FileReport], seed: str | None = None) -> str:
     lines.append(f"total: {passed}/{total} exercises passed in {len(reports)} file(s)")
     if seed is not None:
         lines.append(
-            f"random cases: seed {seed} and each file's name (rerun with --seed {seed} to reproduce)"
+            f"random cases: seed {seed} and each file's path (rerun with --seed {seed} to reproduce)"
         )
     return "\n".join(lines)
 
@@ -681,7 +682,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed",
         default=None,
-        help="seed of the random cases (they also depend on each file's name); default: a new one each run",
+        help="seed of the random cases (they also depend on each file's path); default: a new one each run",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
 
