@@ -10,8 +10,9 @@
     mrcnn-edu export-shapes --out DIR   write a shapes set as COCO json + PNGs ("bring your own data" example)
     mrcnn-edu convert via|labelme SRC --out DIR   VIA or labelme annotations to a COCO folder
     mrcnn-edu config [--preset P]       the fields that --set changes, with their values
-    mrcnn-edu grade PATH...             run the exercise checks on students' notebooks / modules, score table
+    mrcnn-edu grade --assignment NAME PATH...   grade students' notebooks / modules in a sandbox, score table
     mrcnn-edu exercises build           regenerate the student exercise notebooks from the instructor ones
+    mrcnn-edu exercises export (--nbgrader DIR | --otter DIR)   the exercises as an nbgrader / otter course
 
 Every config field can be overridden with ``--set field=value`` (``mrcnn-edu config`` lists them); each value
 is checked when the command starts, under the field's own name. For eval and predict that changes inference
@@ -1030,17 +1031,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="show the config saved in this checkpoint instead")
     p.set_defaults(func=cmd_config)
 
-    from . import exercise_notebooks, grade
+    from .exercises import export, grading, notebooks
 
-    p = sub.add_parser("grade", help="run the exercise checks on students' notebooks or modules")
-    grade.add_arguments(p)
-    p.set_defaults(func=grade.run)
+    p = sub.add_parser("grade", help="grade students' exercise notebooks or modules (sandboxed workers)")
+    grading.add_arguments(p)
+    p.set_defaults(func=grading.run)
 
     p = sub.add_parser("exercises", help="classroom exercise notebooks")
     exercises_sub = p.add_subparsers(dest="exercises_command", required=True)
     p = exercises_sub.add_parser("build", help="regenerate the student notebooks from the instructor ones")
-    exercise_notebooks.add_arguments(p)
-    p.set_defaults(func=exercise_notebooks.run)
+    notebooks.add_arguments(p)
+    p.set_defaults(func=notebooks.run)
+    p = exercises_sub.add_parser("export", help="the exercises as an nbgrader course or otter notebooks")
+    export.add_arguments(p)
+    p.set_defaults(func=export.run)
     for command in sub.choices.values():  # defaults shown in every command's help
         command.formatter_class = _HelpFormatter
     return parser

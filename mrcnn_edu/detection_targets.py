@@ -6,7 +6,7 @@ positive (an example of that object's class), IoU < 0.5 a negative (background).
 is kept (:func:`mrcnn_edu.matching.sample_balanced`), and for each sampled ROI the layer builds the targets
 the three heads are trained against: a class label, box deltas from the ROI to its GT box
 (:func:`mrcnn_edu.boxes.encode_deltas`), and for positives an ``M x M`` mask: the GT mask cut out at the ROI
-and resized (``roi_align`` on the full-image GT mask). Nothing here is learned or differentiated.
+and resized (:func:`mask_targets`: ``roi_align`` on the full-image GT mask). Nothing here is learned.
 
 Shape glossary
     P: proposals of one image (``P + G`` with ``add_gt_boxes``)
@@ -48,7 +48,7 @@ from .boxes import box_iou, encode_deltas
 from .matching import match_by_iou, sample_balanced
 from .roi_align import roi_align
 
-__all__ = ["detection_targets", "CROWD_IOU_THRESHOLD"]
+__all__ = ["detection_targets", "mask_targets", "CROWD_IOU_THRESHOLD"]
 
 #: A proposal overlapping a crowd box by at least this IoU is not used as a negative (matterport's 0.001).
 CROWD_IOU_THRESHOLD = 0.001
@@ -81,6 +81,34 @@ def _check_inputs(
         raise ValueError(f"mask_size must be a positive int, got {mask_size!r}")
     if negative_iou > positive_iou:
         raise ValueError(f"negative_iou ({negative_iou}) must not exceed positive_iou ({positive_iou})")
+
+
+def mask_targets(
+    gt_masks: torch.Tensor,
+    rois: torch.Tensor,
+    matched_gt: torch.Tensor,
+    mask_size: int = 28,
+    aligned: bool = False,
+    binarize: bool = True,
+) -> torch.Tensor:
+    """The mask target of each positive ROI: its GT mask cut out at the ROI and resized, with RoIAlign.
+
+    gt_masks: ``[G, H, W]`` full-image masks (bool, uint8 or float 0/1). rois: ``[R_pos, 4]`` float pixel
+    boxes. matched_gt: int64 ``[R_pos]``, the GT index of each ROI. mask_size: ``M``.
+    aligned: passed to ``roi_align`` (sampling ratio adaptive, ``ceil(roi size / M)``).
+    binarize: threshold at 0.5 (``>= 0.5``; matterport), else the soft values clipped to [0, 1] (torchvision).
+    Returns ``[R_pos, M, M]`` in the dtype of ``rois``. Each ROI reads its own GT's mask (the GT index is the
+    batch index of ``roi_align``), so no per-ROI copy of a full-image mask is made.
+    """
+    if rois.shape[0] == 0:
+        return rois.new_zeros((0, mask_size, mask_size))
+    masks = gt_masks.to(device=rois.device, dtype=rois.dtype)[:, None]  # [G, 1, H, W]
+    indexed = torch.cat((matched_gt[:, None].to(rois.dtype), rois), dim=1)  # [R_pos, 5]
+    out = roi_align(masks, indexed, (mask_size, mask_size), spatial_scale=1.0, sampling_ratio=-1,
+                    aligned=aligned)[:, 0]  # fmt: skip
+    if binarize:
+        return (out >= 0.5).to(rois.dtype)
+    return out.clamp(0, 1)  # interpolation rounding can leave 1 + 1e-7
 
 
 def detection_targets(
@@ -164,23 +192,11 @@ def detection_targets(
     out_labels = torch.cat((gt_labels[pos_gt].long(), torch.zeros(num_neg, dtype=torch.long, device=device)))
     matched_gt = torch.cat((pos_gt, torch.full((num_neg,), -1, dtype=torch.long, device=device)))
 
-    # Mask targets: roi_align over the stack of GT masks, each ROI reading its own GT's mask (batch index),
-    # so no per-ROI copy of a full-image mask is made.
-    if positive.numel() > 0:
-        masks = gt_masks.to(device=device, dtype=dtype)[:, None]  # [G, 1, H, W]
-        indexed = torch.cat((pos_gt[:, None].to(dtype), proposals[positive]), dim=1)  # [R_pos, 5]
-        mask_targets = roi_align(masks, indexed, (mask_size, mask_size), spatial_scale=1.0,
-                                 sampling_ratio=-1, aligned=aligned)[:, 0]
-        if binarize_masks:
-            mask_targets = (mask_targets >= 0.5).to(dtype)
-        else:
-            mask_targets = mask_targets.clamp(0, 1)  # interpolation rounding can leave 1 + 1e-7
-    else:
-        mask_targets = proposals.new_zeros((0, mask_size, mask_size))
+    masks = mask_targets(gt_masks, proposals[positive], pos_gt, mask_size, aligned, binarize_masks)
     return {
         "rois": rois,
         "labels": out_labels,
         "box_targets": box_targets,
         "matched_gt": matched_gt,
-        "mask_targets": mask_targets,
+        "mask_targets": masks,
     }

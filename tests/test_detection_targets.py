@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mrcnn_edu.boxes import box_iou, decode_deltas
-from mrcnn_edu.detection_targets import detection_targets
+from mrcnn_edu.detection_targets import detection_targets, mask_targets
 
 H, W = 120, 160
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -159,6 +159,19 @@ def test_mask_target_of_roi_twice_as_wide_as_object():
     target = out["mask_targets"][0]
     assert torch.allclose(target[:, :14], torch.ones(28, 14))
     assert torch.allclose(target[:, 14:], torch.zeros(28, 14))
+
+
+def test_mask_targets_each_roi_reads_its_own_gt_mask():
+    # Two objects; each ROI is its object's box, so its target is all ones; read from the other GT: zeros.
+    masks = torch.zeros(2, 16, 16, dtype=torch.uint8)
+    masks[0, 0:8, 0:8] = 1
+    masks[1, 8:16, 8:16] = 1
+    rois = torch.tensor([[0.0, 0, 8, 8], [8.0, 8, 16, 16]])
+    out = mask_targets(masks, rois, torch.tensor([0, 1]), mask_size=4, aligned=True)
+    assert out.shape == (2, 4, 4) and out.dtype == torch.float32 and bool((out == 1).all())
+    swapped = mask_targets(masks, rois, torch.tensor([1, 0]), mask_size=4, aligned=True)
+    assert bool((swapped == 0).all())
+    assert mask_targets(masks, rois[:0], torch.zeros(0, dtype=torch.long), 5).shape == (0, 5, 5)
 
 
 def test_soft_and_binarized_mask_targets():

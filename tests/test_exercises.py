@@ -5,20 +5,24 @@ restore exactly."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mrcnn_edu.detection
+import mrcnn_edu.exercises.swap
 import mrcnn_edu.model
+import mrcnn_edu.ops
 import mrcnn_edu.proposals
-from mrcnn_edu import anchors, boxes, detection_targets, exercises, masks, nms, roi_align, rpn_targets
+from mrcnn_edu import anchors, boxes, detection_targets, exercises, losses, masks, nms, roi_align, rpn_targets
+from mrcnn_edu.boxes import box_iou as library_box_iou
 from mrcnn_edu.config import Config
 from mrcnn_edu.data import ShapesDataset
 from mrcnn_edu.model import MaskRCNN
 
-REFERENCES = {
+REFERENCES = {  # the library's own function, with the exercise's signature where that differs
     "box_iou": boxes.box_iou,
     "encode_deltas": boxes.encode_deltas,
     "decode_deltas": boxes.decode_deltas,
@@ -31,6 +35,44 @@ REFERENCES = {
     "detection_targets": detection_targets.detection_targets,
     "paste_mask": masks.paste_mask_loop,
 }
+_LIB = exercises.swap._ORIGINALS  # the library's functions as the package saved them (never swapped)
+
+
+def _proposal_layer(objectness, deltas, anchors, image_size, pre_nms_top_n=6000, post_nms_top_n=2000,
+                    nms_threshold=0.7, weights=(1.0, 1.0, 1.0, 1.0)):  # fmt: skip
+    out = _LIB["proposal_layer"]["propose"](objectness[None], deltas[None], anchors, [image_size],
+                                            pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
+                                            nms_threshold=nms_threshold, weights=weights)[0]  # fmt: skip
+    return out["boxes"], out["scores"]
+
+
+def _detection_layer(class_logits, box_deltas, proposals, image_size, score_threshold=0.7, nms_threshold=0.3,
+                     max_detections=100, weights=(10.0, 10.0, 5.0, 5.0)):  # fmt: skip
+    out = _LIB["detection_layer"]["detect"](class_logits, box_deltas, proposals, image_size, score_threshold,
+                                            nms_threshold, max_detections, weights)  # fmt: skip
+    return out["boxes"], out["scores"], out["labels"]
+
+
+def _mask_target(gt_mask, roi, mask_size=28):
+    return _LIB["mask_target"]["mask_targets"](gt_mask[None], roi[None], torch.zeros(1, dtype=torch.long),
+                                               mask_size)[0]  # fmt: skip
+
+
+def _rpn_loss(objectness, deltas, labels, target_deltas, beta=1.0 / 9):
+    return (_LIB["rpn_loss"]["rpn_objectness_loss"](objectness, labels),
+            _LIB["rpn_loss"]["rpn_box_loss"](deltas, target_deltas, labels, beta=beta))  # fmt: skip
+
+
+REFERENCES.update(
+    proposal_layer=_proposal_layer,
+    detection_layer=_detection_layer,
+    roi_pool=roi_align.roi_pool,
+    crop_and_resize=roi_align.crop_and_resize,
+    assign_fpn_levels=roi_align.assign_fpn_levels,
+    mask_target=_mask_target,
+    rpn_loss=_rpn_loss,
+    mask_loss=losses.mask_loss,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -142,11 +184,11 @@ def make_pyramid(reverse=False, tensor_only=False, count_positions=False):
     return pyramid_anchors
 
 
-def make_nms(rule="gt", order="score", only_kept=True, dtype=torch.int64, as_list=False):
-    iou_fn = make_box_iou()
+def make_nms(rule="gt", order="score", only_kept=True, dtype=torch.int64, as_list=False, sort=True, plus=0.0):
+    iou_fn = make_box_iou(plus=plus)
 
     def nms_fn(b, s, t):
-        order_ = sorted(range(len(s)), key=lambda i: (-float(s[i]), i))
+        order_ = sorted(range(len(s)), key=lambda i: (-float(s[i]), i)) if sort else list(range(len(s)))
         iou = iou_fn(b, b) if len(b) else None
         keep, removed = [], set()
         for rank, i in enumerate(order_):
@@ -231,7 +273,8 @@ def make_bilinear(swap=False, nearest=False, zero_outside_map=False):
     return bilinear
 
 
-def make_roi_align(ignore_aligned=False, swap_xy=False, ignore_scale=False, one_sample=False):
+def make_roi_align(ignore_aligned=False, swap_xy=False, ignore_scale=False, one_sample=False,
+                   fixed_two=False):  # fmt: skip
     read = make_bilinear()
 
     def roi_align_fn(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
@@ -250,6 +293,8 @@ def make_roi_align(ignore_aligned=False, swap_xy=False, ignore_scale=False, one_
             gw = sampling_ratio if sampling_ratio > 0 else max(math.ceil(bw / ow), 0)
             if one_sample:
                 gh = gw = 1
+            if fixed_two and sampling_ratio <= 0:
+                gh = gw = 2
             for ph in range(oh):
                 for pw in range(ow):
                     total = torch.zeros(input.shape[1])
@@ -343,6 +388,176 @@ def make_paste(plus=0, align_corners=False, transpose=False, exact=False):
     return paste_mask
 
 
+def make_proposal_layer(clip=True, sigmoid=True, post_cut=True, swap_hw=False):
+    decode, nms_fn = make_decode(), make_nms()
+
+    def proposal_layer(objectness, deltas, anchors, image_size, pre_nms_top_n=6000, post_nms_top_n=2000,
+                       nms_threshold=0.7, weights=(1.0, 1.0, 1.0, 1.0)):  # fmt: skip
+        top = objectness.topk(min(pre_nms_top_n, len(objectness))).indices
+        boxes = decode(deltas[top], anchors[top], weights)
+        h, w = image_size[::-1] if swap_hw else image_size
+        if clip:
+            boxes = torch.stack((boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
+                                 boxes[:, 3].clamp(0, h)), dim=1)  # fmt: skip
+        scores = torch.sigmoid(objectness[top]) if sigmoid else objectness[top]
+        keep = nms_fn(boxes, scores, nms_threshold)
+        if post_cut:
+            keep = keep[:post_nms_top_n]
+        return boxes[keep], scores[keep]
+
+    return proposal_layer
+
+
+def make_detection_layer(per_class=True, softmax=True, background=True, column="class"):
+    decode, nms_fn = make_decode(), make_nms()
+
+    def detection_layer(class_logits, box_deltas, proposals, image_size, score_threshold=0.7,
+                        nms_threshold=0.3, max_detections=100, weights=(10.0, 10.0, 5.0, 5.0)):  # fmt: skip
+        probs = torch.softmax(class_logits, dim=1) if softmax else class_logits
+        if background:
+            scores, labels = probs.max(dim=1)
+        else:
+            scores, labels = probs[:, 1:].max(dim=1)
+            labels = labels + 1
+        keep = torch.nonzero((labels > 0) & (scores >= score_threshold)).flatten()
+        scores, labels = scores[keep], labels[keep]
+        used = labels if column == "class" else torch.ones_like(labels)
+        boxes = decode(box_deltas[keep, used], proposals[keep], weights)
+        h, w = image_size
+        boxes = torch.stack((boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
+                             boxes[:, 3].clamp(0, h)), dim=1)  # fmt: skip
+        groups = labels if per_class else torch.zeros_like(labels)
+        kept = []
+        for g in torch.unique(groups).tolist():
+            members = torch.nonzero(groups == g).flatten()
+            kept += members[nms_fn(boxes[members], scores[members], nms_threshold)].tolist()
+        kept = sorted(kept, key=lambda i: (-float(scores[i]), i))[:max_detections]
+        kept = torch.tensor(kept, dtype=torch.long)
+        return boxes[kept], scores[kept], labels[kept]
+
+    return detection_layer
+
+
+def _round_away(v):
+    return math.floor(v + 0.5) if v >= 0 else -math.floor(-v + 0.5)
+
+
+def make_roi_pool(rounding=_round_away, plus_one=True, reduce="max"):
+    def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+        oh, ow = output_size
+        _, c, h, w = input.shape
+        out = torch.zeros(boxes.shape[0], c, oh, ow)
+        for k, (b, *corners) in enumerate(boxes.tolist()):
+            x1, y1, x2, y2 = (int(rounding(v * spatial_scale)) for v in corners)
+            bw, bh = max(x2 - x1 + int(plus_one), 1), max(y2 - y1 + int(plus_one), 1)
+            for ph in range(oh):
+                r0 = min(max(y1 + math.floor(ph * bh / oh), 0), h)
+                r1 = min(max(y1 + math.ceil((ph + 1) * bh / oh), 0), h)
+                for pw in range(ow):
+                    c0 = min(max(x1 + math.floor(pw * bw / ow), 0), w)
+                    c1 = min(max(x1 + math.ceil((pw + 1) * bw / ow), 0), w)
+                    cells = input[int(b), :, r0:r1, c0:c1].reshape(c, -1)
+                    if cells.shape[1]:
+                        out[k, :, ph, pw] = cells.amax(1) if reduce == "max" else cells.mean(1)
+        return out
+
+    return roi_pool
+
+
+def make_crop_and_resize(swap=False, nearest=False, cells="H-1"):
+    def crop_and_resize(image, boxes, box_indices, crop_size, extrapolation_value=0.0):
+        ch, cw = crop_size
+        _, c, h, w = image.shape
+        out = torch.full((boxes.shape[0], c, ch, cw), float(extrapolation_value))
+
+        def samples(a, b, n, size):
+            span = size - 1 if cells == "H-1" else size
+            if n == 1:
+                return [0.5 * (a + b) * span]
+            return [a * span + i * (b - a) * span / (n - 1) for i in range(n)]
+
+        for k, box in enumerate(boxes.tolist()):
+            y1, x1, y2, x2 = (box[1], box[0], box[3], box[2]) if swap else box
+            im = image[int(box_indices[k])]
+            for i, y in enumerate(samples(y1, y2, ch, h)):
+                for j, x in enumerate(samples(x1, x2, cw, w)):
+                    if not (0 <= y <= h - 1 and 0 <= x <= w - 1):
+                        continue
+                    if nearest:
+                        out[k, :, i, j] = im[:, round(y), round(x)]
+                        continue
+                    y0, x0 = math.floor(y), math.floor(x)
+                    ya, xa = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+                    ly, lx = y - y0, x - x0
+                    out[k, :, i, j] = ((1 - ly) * ((1 - lx) * im[:, y0, x0] + lx * im[:, y0, xa])
+                                       + ly * ((1 - lx) * im[:, ya, x0] + lx * im[:, ya, xa]))  # fmt: skip
+        return out
+
+    return crop_and_resize
+
+
+def make_assign_fpn_levels(rounding=torch.round, size="sqrt", clamp=True):
+    def assign_fpn_levels(boxes, k0=4, canonical_size=224.0, min_level=2, max_level=5):
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        s = torch.sqrt(w * h) if size == "sqrt" else w * h
+        level = k0 + rounding(torch.log2(s / canonical_size))
+        level = torch.nan_to_num(level, nan=min_level, neginf=min_level, posinf=max_level)
+        return (level.clamp(min_level, max_level) if clamp else level).long()
+
+    return assign_fpn_levels
+
+
+def make_mask_target(rule="ge", whole=False, aligned=False):
+    crop = make_roi_align()
+
+    def mask_target(gt_mask, roi, mask_size=28):
+        if whole:  # the whole image's mask resized
+            resized = F.interpolate(gt_mask[None, None].float(), size=(mask_size, mask_size), mode="bilinear")
+            return (resized[0, 0] >= 0.5).float()
+        rois = torch.cat((torch.zeros(1), roi.float()))[None]
+        soft = crop(gt_mask[None, None].float(), rois, (mask_size, mask_size), 1.0, -1, aligned)[0, 0]
+        if rule == "soft":
+            return soft
+        return ((soft >= 0.5) if rule == "ge" else (soft > 0.5)).float()
+
+    return mask_target
+
+
+def make_rpn_loss(ignored_as_negative=False, per="sampled", use_beta=True, detached=False):
+    def rpn_loss(objectness, deltas, labels, target_deltas, beta=1.0 / 9):
+        sampled = labels >= 0
+        chosen = torch.ones_like(sampled) if ignored_as_negative else sampled
+        targets = (labels[chosen] == 1).to(objectness.dtype)
+        bce = F.binary_cross_entropy_with_logits(objectness[chosen], targets, reduction="sum")
+        objectness_loss = bce / max(int(chosen.sum()), 1)
+        positive = labels == 1
+        kwargs = {"beta": beta} if use_beta else {}
+        total = F.smooth_l1_loss(deltas[positive], target_deltas[positive], reduction="sum", **kwargs)
+        count = int(sampled.sum()) if per == "sampled" else int(positive.sum())
+        out = (objectness_loss, total / max(count, 1))
+        return tuple(torch.tensor(v.item()) for v in out) if detached else out
+
+    return rpn_loss
+
+
+def make_mask_loss(channel="label", softmax=False):
+    def mask_loss(mask_logits, labels, mask_targets):
+        positive = torch.nonzero(labels > 0).flatten()
+        if softmax:
+            probs = torch.softmax(mask_logits[positive], dim=1)[torch.arange(len(positive)), labels[positive]]
+            return F.binary_cross_entropy(probs, mask_targets)
+        if channel == "all":
+            chosen = mask_logits[positive]
+            return F.binary_cross_entropy_with_logits(chosen, mask_targets[:, None].expand_as(chosen))
+        index = labels[positive] if channel == "label" else torch.zeros_like(positive)
+        chosen = mask_logits[positive, index]
+        if chosen.numel() == 0:
+            return mask_logits.sum() * 0
+        return F.binary_cross_entropy_with_logits(chosen, mask_targets)
+
+    return mask_loss
+
+
 INDEPENDENT = {
     "box_iou": make_box_iou(),
     "encode_deltas": make_encode(),
@@ -355,6 +570,14 @@ INDEPENDENT = {
     "roi_align": make_roi_align(),
     "detection_targets": make_detection_targets(),
     "paste_mask": make_paste(),
+    "proposal_layer": make_proposal_layer(),
+    "detection_layer": make_detection_layer(),
+    "roi_pool": make_roi_pool(),
+    "crop_and_resize": make_crop_and_resize(),
+    "assign_fpn_levels": make_assign_fpn_levels(),
+    "mask_target": make_mask_target(),
+    "rpn_loss": make_rpn_loss(),
+    "mask_loss": make_mask_loss(),
 }
 
 
@@ -446,6 +669,7 @@ MISTAKES = [
     ("nms", make_nms(rule="ge"), "strictly"),
     ("nms", make_nms(only_kept=False), "only *kept* boxes"),
     ("nms", make_nms(dtype=torch.int32), "int64"),
+    ("nms", make_nms(sort=False), "you did not sort by score"),
     ("nms", make_nms(as_list=True), "list"),
     ("rpn_targets", make_rpn_targets(rule_pos="gt"), "you used >"),
     ("rpn_targets", make_rpn_targets(low_quality=False), "low-quality"),
@@ -460,6 +684,7 @@ MISTAKES = [
     ("roi_align", make_roi_align(swap_xy=True), "x and y"),
     ("roi_align", make_roi_align(ignore_scale=True), "spatial_scale was ignored"),
     ("roi_align", make_roi_align(one_sample=True), "one sample per bin"),
+    ("roi_align", make_roi_align(fixed_two=True), "sampling_ratio <= 0 means adaptive"),
     ("detection_targets", make_detection_targets(negatives_first=True), "positives come first"),
     ("detection_targets", make_detection_targets(fill=True), "fill up to num_samples"),
     ("detection_targets", make_detection_targets(whole_image_mask=True), "whole image"),
@@ -467,7 +692,35 @@ MISTAKES = [
     ("paste_mask", make_paste(plus=1), "+ 1"),
     ("paste_mask", make_paste(align_corners=True), "align_corners=False"),
     ("paste_mask", make_paste(transpose=True), "transposed"),
-    ("paste_mask", lambda m, b, s: (masks.paste_mask_loop(m, b, s) >= 0.5).float(), "not a thresholded"),
+    ("paste_mask", lambda m, b, s: (make_paste()(m, b, s) >= 0.5).float(), "thresholding comes later"),
+    ("proposal_layer", make_proposal_layer(clip=False), "not clipped"),
+    ("proposal_layer", make_proposal_layer(swap_hw=True), "you swapped them"),
+    ("proposal_layer", make_proposal_layer(sigmoid=False), "sigmoid(logit)"),
+    ("proposal_layer", make_proposal_layer(post_cut=False), "post_nms_top_n was ignored"),
+    ("detection_layer", make_detection_layer(per_class=False), "within each class"),
+    ("detection_layer", make_detection_layer(softmax=False), "softmax the class logits"),
+    ("detection_layer", make_detection_layer(background=False), "*including* background"),
+    ("detection_layer", make_detection_layer(column="first"), "you used class 1's"),
+    ("roi_pool", make_roi_pool(rounding=round), "halves round away from zero"),
+    ("roi_pool", make_roi_pool(plus_one=False), "last row and column"),
+    ("roi_pool", make_roi_pool(reduce="mean"), "not the average"),
+    ("crop_and_resize", make_crop_and_resize(swap=True), "TensorFlow's order"),
+    ("crop_and_resize", make_crop_and_resize(cells="H"), "H - 1"),
+    ("crop_and_resize", make_crop_and_resize(nearest=True), "nearest cell"),
+    ("assign_fpn_levels", make_assign_fpn_levels(rounding=torch.floor), "torchvision's rule"),
+    ("assign_fpn_levels", make_assign_fpn_levels(size="area"), "not its area"),
+    ("assign_fpn_levels", make_assign_fpn_levels(clamp=False), "clamp the levels"),
+    ("mask_target", make_mask_target(whole=True), "whole image's mask"),
+    ("mask_target", make_mask_target(rule="soft"), "soft"),
+    ("mask_target", make_mask_target(rule="gt"), "you used > 0.5"),
+    ("mask_target", make_mask_target(aligned=True), "half a pixel"),
+    ("rpn_loss", make_rpn_loss(ignored_as_negative=True), "not background"),
+    ("rpn_loss", make_rpn_loss(per="positives"), "not of positives"),
+    ("rpn_loss", make_rpn_loss(use_beta=False), "default beta is 1.0"),
+    ("rpn_loss", make_rpn_loss(detached=True), "carries no gradient"),
+    ("mask_loss", make_mask_loss(channel="all"), "every class's channel"),
+    ("mask_loss", make_mask_loss(channel="zero"), "channel 0"),
+    ("mask_loss", make_mask_loss(softmax=True), "not a softmax"),
 ]
 
 
@@ -475,6 +728,36 @@ MISTAKES = [
 def test_mistake_is_diagnosed(name, fn, diagnosis):
     message = failure(name, fn)
     assert diagnosis in message, message
+
+
+def test_a_diagnosis_only_for_the_mistake_the_function_makes():
+    """Exactly at the threshold a >= and widths + 1 give the same output: only the right one is named."""
+    message = failure("nms", make_nms(rule="ge"))
+    assert "strictly" in message and "+ 1" not in message
+    message = failure("nms", make_nms(plus=1.0))
+    assert "+ 1" in message and "strictly" not in message
+    message = failure("roi_align", make_roi_align(fixed_two=True))
+    assert "hand-made case 4" in message and "adaptive" in message and "one sample" not in message
+
+
+def test_random_cases_depend_on_the_seed_so_answers_cannot_be_copied():
+    """A table of one student's answers (inputs -> outputs) passes that student's check, not another's."""
+    table = {}
+    honest = make_box_iou()
+
+    def recorder(b1, b2):
+        out = honest(b1, b2)
+        table[(b1.numpy().tobytes(), b2.numpy().tobytes())] = out
+        return out
+
+    def copied(b1, b2):
+        return table.get((b1.numpy().tobytes(), b2.numpy().tobytes()), torch.zeros(len(b1), len(b2)))
+
+    assert exercises.run_check("box_iou", recorder, seed="alice").passed
+    assert exercises.run_check("box_iou", copied, seed="alice").passed
+    message = failure("box_iou", lambda b1, b2: copied(b1, b2))  # the notebooks' cases (seed None)
+    assert "random case 1" in message
+    assert "random case 1" in exercises.run_check("box_iou", copied, seed="bob").message
 
 
 def test_failure_shows_the_hand_made_input_and_the_expected_value():
@@ -486,9 +769,25 @@ def test_failure_shows_the_hand_made_input_and_the_expected_value():
 def test_in_place_modification_is_reported():
     def box_iou(b1, b2):
         b1[:, 2:] -= b1[:, :2]  # turns the input into (x, y, w, h)
-        return boxes.box_iou(boxes.box_convert(b1, "xywh", "xyxy"), b2)
+        return make_box_iou()(boxes.box_convert(b1, "xywh", "xyxy"), b2)
 
     assert "changed its input `boxes1` in place" in failure("box_iou", box_iou)
+
+
+def test_wrapping_the_library_fails_with_a_message_saying_so():
+    """A notebook's alias is a global of the student's module, as ``library_box_iou`` is of this one."""
+    wrappers = [
+        lambda b1, b2: boxes.box_iou(b1, b2),
+        lambda b1, b2: library_box_iou(b1, b2),
+        lambda b1, b2: mrcnn_edu.ops.box_iou(b1, b2),
+    ]
+    for fn in wrappers:
+        message = failure("box_iou", fn)
+        assert "mrcnn_edu.boxes.box_iou is mrcnn_edu's own implementation of box_iou" in message
+    assert "own implementation of nms" in failure("nms", lambda b, s, t: mrcnn_edu.ops.nms(b, s, t))
+    assert boxes.box_iou is mrcnn_edu.ops.box_iou is library_box_iou  # restored after the check
+    assert exercises.run_check("nms", make_nms()).passed  # library functions of other stages stay usable
+    assert "own implementation" in failure("pyramid_anchors", lambda *a, **k: anchors.pyramid_anchors(*a))
 
 
 def test_student_exception_names_the_line():
@@ -592,8 +891,13 @@ def test_every_stage_reaches_the_model():
     model.eval()
     with torch.no_grad():
         results = model(images)
-    assert results[0]["masks"].shape[-2:] == images[0].shape[-2:]
+        assert results[0]["masks"].shape[-2:] == images[0].shape[-2:]
+        model.config = model.config.replace(roi_method="crop_and_resize")  # matterport's sampler
+        with warnings.catch_warnings():  # its level rule (normalised boxes) is not the exercise's: a warning
+            warnings.simplefilter("ignore")
+            model(images)
     roi_align.roi_align_loop(torch.rand(1, 1, 4, 4), torch.tensor([[0.0, 0, 0, 2, 2]]), 2)  # reads bilinear
+    mrcnn_edu.ops.roi_pool(torch.rand(1, 1, 4, 4), torch.tensor([[0.0, 0, 0, 2, 2]]), 2)  # not in the model
     missing = [s for s in exercises.EXERCISES if calls.get(s, 0) == 0]
     assert not missing, f"stages never called: {missing}"
 
@@ -632,10 +936,11 @@ def test_sites_hold_the_originals_and_no_other_module_does():
     import mrcnn_edu
 
     for info in pkgutil.walk_packages(mrcnn_edu.__path__, "mrcnn_edu."):
-        if info.name not in ("mrcnn_edu.__main__", "mrcnn_edu.grade"):
+        if info.name not in ("mrcnn_edu.__main__",):
             importlib.import_module(info.name)
-    def never_swapped(name):  # the exercises package (its checks keep references) and the grader
-        return name in ("mrcnn_edu.exercises", "mrcnn_edu.grade") or name.startswith("mrcnn_edu.exercises.")
+
+    def never_swapped(name):  # the exercises package (its checks and its grader keep references)
+        return name == "mrcnn_edu.exercises" or name.startswith("mrcnn_edu.exercises.")
 
     for stage, attrs in exercises.SITES.items():
         for attr, modules in attrs.items():

@@ -6,8 +6,9 @@ whose answer can be worked out on paper, shown when they fail) and then on seede
 the reference implementation of ``mrcnn_edu`` within a stated tolerance. A wrong answer gets an explanation:
 which input, what was expected, what came back, and, where the result matches a known mistake (the
 evaluation runs the usual wrong variants on the failing input and compares), what that mistake was
-("looks like you used x2 - x1 + 1"). A student who is stuck continues with the reference; one who
-passes can put the function into the model with :func:`use_student` and watch it detect shapes.
+("looks like you used x2 - x1 + 1"; when several mistakes fit that input, only those the function also makes
+on the other cases). A student who is stuck continues with the reference; one who passes can put the function
+into the model with :func:`use_student` and watch it detect shapes.
 
 Exercises, in order (``EXERCISES``; the name is the student's function name)
 
@@ -26,14 +27,30 @@ name                   reference (what it replaces)                       checke
 ``detection_targets``  ``mrcnn_edu.detection_targets.detection_targets``  properties (random sampling)
 ``paste_mask``         ``mrcnn_edu.masks.paste_mask_loop``                values (one mask; swapped in
                        (replaces ``paste_masks``)                         for ``paste_masks``)
+``proposal_layer``     ``mrcnn_edu.proposals.propose`` (one image)        boxes and scores, in order
+``detection_layer``    ``mrcnn_edu.detection.detect`` (argmax classes)    boxes, scores, labels, in order
+``roi_pool``           ``mrcnn_edu.roi_align.roi_pool``                   values
+``crop_and_resize``    ``mrcnn_edu.roi_align.crop_and_resize``            values
+``assign_fpn_levels``  ``mrcnn_edu.roi_align.assign_fpn_levels``          levels
+``mask_target``        ``mrcnn_edu.detection_targets.mask_targets``       values (one ROI)
+``rpn_loss``           ``mrcnn_edu.losses.rpn_objectness_loss`` and       both values, and a gradient
+                       ``rpn_box_loss``
+``mask_loss``          ``mrcnn_edu.losses.mask_loss``                     value, and a gradient
 =====================  =================================================  ==============================
+
+Each exercise's ``forbidden`` functions (the library's own implementation of the stage) fail with a message
+saying so while it is checked, called under any name (:mod:`.forbid`). :data:`ASSIGNMENTS` maps each exercise
+notebook to the exercises it is graded on. Grading a class (``mrcnn-edu grade``) runs every submission in
+sandboxed worker processes and keeps the checks in the grader (:mod:`.grading`); ``mrcnn-edu exercises
+export`` writes the exercises as an nbgrader or otter-grader course (:mod:`.export`).
 
 Some student signatures are simpler than the library's (fewer options, one mask instead of a batch, ``[N, 4]``
 instead of any ``[..., 4]``); each :class:`Exercise` states its signature, and :func:`use_student` wraps the
 student's function in an adapter with the library's signature that supplies the rest (see below).
 
 The API: :func:`describe` (task text), :func:`run_check` (a :class:`CheckResult`, never raises on a wrong or
-broken function), :func:`check` (prints the message, returns ``passed``), :func:`use_student`,
+broken function; ``seed=`` draws other random cases), :func:`check` (prints the message, returns ``passed``),
+:func:`use_student`, :func:`use_student_if_passed` (for demo cells: says which function the demo runs),
 :func:`use_reference`, :func:`active`. Unknown names raise ValueError listing the valid ones.
 
 How the checks judge
@@ -72,21 +89,44 @@ Sites (module: attribute), per stage
     - roi_align: roi_align (``pyramid_roi_align`` calls it), detection_targets, ops: ``roi_align``
     - detection_targets: detection_targets, model: ``detection_targets``
     - paste_mask: masks, model: ``paste_masks`` (the student's one-mask function run on each mask)
+    - proposal_layer: proposals, model: ``propose`` (run per image)
+    - detection_layer: detection (``detect_batch`` calls it), model: ``detect``
+    - roi_pool: roi_align, ops: ``roi_pool`` (not used by the model)
+    - crop_and_resize: roi_align: ``crop_and_resize`` (``pyramid_roi_align``, ``method="crop_and_resize"``)
+    - assign_fpn_levels: roi_align: ``assign_fpn_levels`` (``pyramid_roi_align`` calls it)
+    - mask_target: detection_targets: ``mask_targets`` (the student's one-ROI function run on each ROI)
+    - rpn_loss: losses: ``rpn_objectness_loss`` and ``rpn_box_loss`` (each from the student's pair)
+    - mask_loss: losses: ``mask_loss``
 """
 
-from .catalog import EXERCISES, Exercise, describe
-from .checking import CheckResult, check, run_check
-from .swap import SITES, active, use_reference, use_student
+import importlib
 
-__all__ = [
-    "Exercise",
-    "CheckResult",
-    "EXERCISES",
-    "SITES",
-    "run_check",
-    "check",
-    "describe",
-    "use_student",
-    "use_reference",
-    "active",
-]
+# The public names, each loaded from its module on first use (PEP 562), so that importing one part of this
+# package (the grader's worker, the notebook generator) does not load the others.
+_PUBLIC = {
+    "Exercise": "catalog",
+    "EXERCISES": "catalog",
+    "ASSIGNMENTS": "catalog",
+    "describe": "catalog",
+    "CheckResult": "harness",
+    "run_check": "harness",
+    "check": "harness",
+    "SITES": "swap",
+    "use_student": "swap",
+    "use_reference": "swap",
+    "use_student_if_passed": "swap",
+    "active": "swap",
+}
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -8,10 +8,13 @@ from .checking import _PLUS_ONE, _call, _Case, _Fail, _gen, _inputs_text, _plus_
 from .swap import _REF, _box_iou
 
 
-def _greedy(boxes, scores, threshold, *, strict=True, only_kept=True, iou=None):
+def _greedy(boxes, scores, threshold, *, strict=True, only_kept=True, by_score=True, iou=None):
     """Greedy NMS with a mistake switched on (used to recognise the student's mistake)."""
     iou = _box_iou(boxes, boxes) if iou is None else iou
-    order = torch.sort(scores, descending=True, stable=True).indices.tolist()
+    if by_score:
+        order = torch.sort(scores, descending=True, stable=True).indices.tolist()
+    else:  # boxes visited in input order
+        order = list(range(len(scores)))
     removed = set()
     keep = []
     for rank, i in enumerate(order):
@@ -96,6 +99,12 @@ def _check_nms(fn) -> str:
                 lambda: _greedy(boxes, scores, t, only_kept=False),
             ),
             (_PLUS_ONE, lambda: ref(_plus_one(boxes), scores, t)),
+            (
+                "you did not sort by score: NMS visits the boxes from the highest score down "
+                "(torch.sort(scores, descending=True)), so that a box is only ever removed by a better one; "
+                "you went through them in input order.",
+                lambda: _greedy(boxes, scores, t, by_score=False),
+            ),
         ]
 
     def call(fn, name, case, where):

@@ -165,10 +165,11 @@ def _check_roi_align(fn) -> str:
         ),
         _Case(
             "a random map, adaptive sampling",
-            (bumpy, torch.tensor([[0.0, 0.5, 1.0, 5.5, 4.0]]), (2, 3)),
+            (bumpy, torch.tensor([[0.0, 0.5, 0.25, 6.5, 5.75]]), (2, 3)),
             {"spatial_scale": 1.0, "sampling_ratio": -1, "aligned": False},
             names,
-            "sampling_ratio -1: ceil(3 / 2) = 2 samples per bin along y, ceil(5 / 3) = 2 along x",
+            "sampling_ratio -1: the box is 6 wide and 5.5 high, so ceil(5.5 / 2) = 3 samples per bin along y "
+            "and ceil(6 / 3) = 2 along x (a fixed ratio of 2 or 3 gives other values)",
         ),
         _Case(
             "two images",
@@ -206,9 +207,13 @@ def _check_roi_align(fn) -> str:
         return [
             (
                 "the half-pixel shift: with aligned=True subtract 0.5 from the scaled box coordinates (a "
-                "cell's value "
-                "sits at its centre, c + 0.5); with aligned=False do not.",
-                lambda: ref(x, boxes, size, s, sr, not al),
+                "cell's value sits at its centre, c + 0.5); you never did.",
+                lambda: ref(x, boxes, size, s, sr, False),
+            ),
+            (
+                "the half-pixel shift: subtract 0.5 from the scaled box coordinates only with aligned=True; "
+                "with aligned=False (the original RoIAlign) do not.",
+                lambda: ref(x, boxes, size, s, sr, True),
             ),
             (
                 "x and y are swapped: boxes are (index, x1, y1, x2, y2), not (index, y1, x1, y2, x2).",
@@ -236,7 +241,7 @@ def _check_roi_align(fn) -> str:
             (
                 "sampling_ratio <= 0 means adaptive: ceil(box_h / oh) samples along y, ceil(box_w / ow) "
                 "along x.",
-                lambda: ref(x, boxes, size, s, 2 if sr <= 0 else -1, al),
+                lambda: ref(x, boxes, size, s, 2 if sr <= 0 else sr, al),
             ),
             (
                 "you rounded the box to whole cells (that is RoIPool); RoIAlign never rounds.",

@@ -1,22 +1,24 @@
-"""How a check runs: cases, calling the student's function safely, comparing, diagnosing known mistakes.
+"""What every check is built from: cases, calling the student's function safely, comparing, diagnosing.
 
-The stage checks (``check_*.py``) build their cases and known-wrong variants on these helpers;
-:func:`run_check` and :func:`check` run the check of an exercise.
+The stage checks (``check_*.py``) build their cases and known-wrong variants on these helpers; the registry
+(:mod:`.registry`) lists them and the harness (:mod:`.harness`) runs them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
 import math
 import os
 import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from .catalog import EXERCISES, _exercise_name
-from .swap import _references_only
+from .catalog import EXERCISES
+from .protocol import Opaque, RemoteError
 
 
 class _Fail(Exception):
@@ -83,14 +85,16 @@ def _library_file(filename: str) -> bool:
 
 
 def _exception_text(name: str, exc: BaseException) -> str:
+    if isinstance(exc, RemoteError):  # raised in the grader's worker: its type, message and frames as text
+        type_name, message = exc.type_name, exc.message
+        frames = [traceback.FrameSummary(f, n, fn, lookup_line=False, line=t) for f, n, fn, t in exc.frames]
+    else:
+        type_name, message = type(exc).__name__, str(exc)
+        frames = list(traceback.extract_tb(exc.__traceback__))
     # frames of the exercises package itself (the check, the adapters) are left out
-    frames = [
-        f
-        for f in traceback.extract_tb(exc.__traceback__)
-        if os.path.dirname(os.path.abspath(f.filename)) != _HERE
-    ]
+    frames = [f for f in frames if os.path.dirname(os.path.abspath(f.filename)) != _HERE]
     student = [f for f in frames if not _library_file(f.filename)]
-    text = f"your {name} raised {type(exc).__name__}: {exc}"
+    text = f"your {name} raised {type_name}: {message}"
     if student:
         lines = [f"  line {f.lineno} in {f.name}: {(f.line or '').strip()}" for f in student[-3:]]
         text += "\n  where (most recent call last):\n" + "\n".join(_indent(line, 2) for line in lines)
@@ -108,11 +112,19 @@ def _clone(value):
 
 
 def _call(fn: Callable, name: str, case: _Case, where: str):
-    """Call the student's function on copies of the case's inputs; a raise or an in-place change fails."""
+    """Call the student's function on copies of the case's inputs; a raise or an in-place change fails.
+
+    ``fn`` may run elsewhere (the grader's worker): then it has ``call_returning_inputs(args, kwargs)``, which
+    returns ``(result, args, kwargs)`` with the inputs as the function left them.
+    """
     args = tuple(_clone(a) for a in case.args)
     kwargs = {k: _clone(v) for k, v in case.kwargs.items()}
+    remote = getattr(fn, "call_returning_inputs", None)
     try:
-        out = fn(*args, **kwargs)
+        if remote is None:
+            out = fn(*args, **kwargs)
+        else:
+            out, args, kwargs = remote(args, kwargs)
     except NotImplementedError:  # the stub of the student notebook, not yet replaced
         signature = EXERCISES[name].signature if name in EXERCISES else name
         raise _Fail(f"FAIL {name}: not implemented yet. Write `{signature}` and check it again.") from None
@@ -122,16 +134,22 @@ def _call(fn: Callable, name: str, case: _Case, where: str):
         ) from None
     names = case.names or tuple(f"arg{i}" for i in range(len(case.args)))
     passed = list(zip(names, args, case.args, strict=False)) + [
-        (k, kwargs[k], v) for k, v in case.kwargs.items()
+        (k, kwargs.get(k), v) for k, v in case.kwargs.items()
     ]
     for label, given, kept in passed:
-        if isinstance(kept, torch.Tensor) and not torch.equal(given, kept):
+        unchanged = isinstance(given, torch.Tensor) and torch.equal(given, kept)
+        if isinstance(kept, torch.Tensor) and not unchanged:
             raise _Fail(
                 f"FAIL {name}, {where}: your function changed its input `{label}` in place (an in-place "
                 f"operation such as `{label}[:, 2] -= ...`, `+=` or `.clamp_()` on the input or on a view of "
                 f"it). Callers reuse their tensors: work on new tensors (or on `{label}.clone()`)."
             )
     return out
+
+
+def _type_name(value) -> str:
+    """The name of a value's type (for a value the worker could not send, the type it reported)."""
+    return value.type_name if isinstance(value, Opaque) else type(value).__name__
 
 
 def _type_problem(got, expected: torch.Tensor, shape_hint: str = "") -> str | None:
@@ -147,7 +165,7 @@ def _type_problem(got, expected: torch.Tensor, shape_hint: str = "") -> str | No
     if type(got).__module__.startswith("numpy"):
         return "it returned a numpy array, not a torch tensor: use torch operations (or torch.from_numpy)."
     if not isinstance(got, torch.Tensor):
-        return f"it returned {type(got).__name__}, not a torch.Tensor."
+        return f"it returned {_type_name(got)}, not a torch.Tensor."
     if tuple(got.shape) != tuple(expected.shape):
         text = f"the result has shape {list(got.shape)}, expected {list(expected.shape)}."
         if got.dim() == 2 and tuple(got.shape) == tuple(expected.shape)[::-1]:
@@ -217,10 +235,39 @@ def _difference_text(got: torch.Tensor, expected: torch.Tensor, atol: float, rto
     )
 
 
+def _matches_variant(got, make, atol: float, rtol: float) -> bool:
+    """Whether ``got`` is what the mistake ``make`` computes (True where the mistake cannot be computed)."""
+    try:
+        wrong = make()
+    except Exception:  # the variant does not apply to this input: no evidence either way
+        return True
+    if not (isinstance(wrong, torch.Tensor) and isinstance(got, torch.Tensor)):
+        return True
+    if tuple(wrong.shape) != tuple(got.shape):
+        return False
+    wrong = wrong.to(got.dtype) if got.is_floating_point() == wrong.is_floating_point() else wrong
+    return _close(got, wrong, atol, rtol)
+
+
 def _compare(
-    name, case, where, got, expected, *, atol, rtol, variants=(), shape_hint="", show_expected=True
+    name,
+    case,
+    where,
+    got,
+    expected,
+    *,
+    atol,
+    rtol,
+    variants=(),
+    shape_hint="",
+    show_expected=True,
+    confirm=None,
 ) -> None:
-    """Fail with a full explanation unless ``got`` matches ``expected``."""
+    """Fail with a full explanation unless ``got`` matches ``expected``.
+
+    confirm: optional ``f(diagnoses) -> diagnoses`` keeping those that the student's function also matches
+    on the check's other cases; used when several mistakes give the student's output on this case.
+    """
     head = f"FAIL {name}, {where}"
     problem = _type_problem(got, expected, shape_hint)
     if problem is None and _close(got, expected, atol, rtol):
@@ -231,6 +278,8 @@ def _compare(
         if isinstance(got, torch.Tensor):
             text += f"\n  Got:\n{_indent(_fmt(got))}"
     diagnoses = _diagnose(got, expected, variants, atol, rtol) if isinstance(got, torch.Tensor) else []
+    if len(diagnoses) > 1 and confirm is not None:
+        diagnoses = confirm(diagnoses) or diagnoses
     if problem is None:
         text += "\n  " + _difference_text(got, expected, atol, rtol)
     if diagnoses:
@@ -244,8 +293,31 @@ def _compare(
 
 
 def _run_exact(name, fn, ref, fixed, random, *, atol, rtol, variants, shape_hint="", call=None) -> str:
-    """Hand-made cases, then random cases, each compared with the reference; returns the PASS summary."""
+    """Hand-made cases, then random cases, each compared with the reference; returns the PASS summary.
+
+    A diagnosis is given only if the student's output is what that mistake gives on the failing case; when
+    several mistakes give it (a ``>=`` in NMS and widths ``x2 - x1 + 1`` agree on a box pair exactly at the
+    threshold), only those the function also makes on every other case are named.
+    """
     call = call or _call
+
+    def confirm(candidates: list[str], failing: _Case) -> list[str]:
+        for other in (*fixed, *random):
+            if not candidates:
+                break
+            if other is failing:
+                continue
+            try:
+                got = call(fn, name, other, "another case")
+            except _Fail:  # raises or changes its input there: no evidence from this case
+                continue
+            expected = ref(*other.args, **other.kwargs)
+            makes = dict(variants(other, expected))
+            candidates = [
+                c for c in candidates if c not in makes or _matches_variant(got, makes[c], atol, rtol)
+            ]
+        return candidates
+
     for kind, cases in (("hand-made case", fixed), ("random case", random)):
         for i, case in enumerate(cases):
             where = f"{kind} {i + 1} of {len(cases)}" + (f" ({case.label})" if case.label else "")
@@ -262,6 +334,7 @@ def _run_exact(name, fn, ref, fixed, random, *, atol, rtol, variants, shape_hint
                 variants=variants(case, expected),
                 shape_hint=shape_hint,
                 show_expected=(kind == "hand-made case" or expected.numel() <= 96),
+                confirm=lambda found, case=case: confirm(found, case),
             )
     return (
         f"PASS {name}: {len(fixed)} hand-made and {len(random)} random cases agree with "
@@ -269,8 +342,26 @@ def _run_exact(name, fn, ref, fixed, random, *, atol, rtol, variants, shape_hint
     )
 
 
+_CASE_SEED: contextvars.ContextVar = contextvars.ContextVar("mrcnn_edu_case_seed", default=None)
+
+
+@contextlib.contextmanager
+def case_seed(seed):
+    """Within this context the random cases are drawn for ``seed`` (None: the notebooks' cases)."""
+    token = _CASE_SEED.set(None if seed is None else str(seed))
+    try:
+        yield
+    finally:
+        _CASE_SEED.reset(token)
+
+
 def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    """The generator of a check's random cases number ``seed``, moved to other cases by :func:`case_seed`."""
+    base = _CASE_SEED.get()
+    if base is None:
+        return torch.Generator().manual_seed(seed)
+    digest = hashlib.sha256(f"{base}\0{seed}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def _random_boxes(n: int, g: torch.Generator, extent: float = 20.0, min_size: float = 0.5) -> torch.Tensor:
@@ -288,76 +379,3 @@ _PLUS_ONE = (
     "looks like you used widths x2 - x1 + 1 (the '+ 1' of old VOC / Detectron code). Here a box covers "
     "[x1, x2) x [y1, y2): width = x2 - x1, height = y2 - y1."
 )
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """Outcome of :func:`run_check`: ``message`` starts with ``"PASS"`` or explains what is wrong."""
-
-    name: str
-    passed: bool
-    message: str
-
-
-def _checks() -> dict[str, Callable[[Callable], str]]:
-    """The check of each exercise. Imported on first use: the stage modules import this one."""
-    from .check_anchors import _check_level_anchors, _check_pyramid_anchors
-    from .check_boxes import _check_box_iou, _check_decode_deltas, _check_encode_deltas
-    from .check_masks import _check_paste_mask
-    from .check_nms import _check_nms
-    from .check_roi_align import _check_bilinear, _check_roi_align
-    from .check_targets import _check_detection_targets, _check_rpn_targets
-
-    return {
-        "box_iou": _check_box_iou,
-        "encode_deltas": _check_encode_deltas,
-        "decode_deltas": _check_decode_deltas,
-        "level_anchors": _check_level_anchors,
-        "pyramid_anchors": _check_pyramid_anchors,
-        "nms": _check_nms,
-        "rpn_targets": _check_rpn_targets,
-        "bilinear": _check_bilinear,
-        "roi_align": _check_roi_align,
-        "detection_targets": _check_detection_targets,
-        "paste_mask": _check_paste_mask,
-    }
-
-
-def run_check(name: str, fn) -> CheckResult:
-    """Check the student's ``fn`` for exercise ``name``; never raises because ``fn`` is wrong or broken.
-
-    fn: the student's function, or None (not written yet). Returns a :class:`CheckResult` whose message starts
-    with ``"PASS"`` or explains the first problem found (inputs, expected and actual result, diagnosis).
-    Raises ValueError only for an unknown ``name``.
-    """
-    name = _exercise_name(name)
-    signature = EXERCISES[name].signature
-    if fn is None:
-        return CheckResult(
-            name, False, f"{name}: not implemented yet. Write `{signature}` and check it again."
-        )
-    if not callable(fn):
-        return CheckResult(
-            name, False, f"{name}: expected a function ({signature}), got {type(fn).__name__}."
-        )
-    try:
-        with _references_only(), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            message = _checks()[name](fn)
-        return CheckResult(name, True, message)
-    except _Fail as failure:
-        return CheckResult(name, False, failure.message)
-    except Exception as exc:  # an output too odd for the comparisons above; still the student's problem
-        return CheckResult(
-            name,
-            False,
-            f"FAIL {name}: could not check your result ({type(exc).__name__}: {exc}). "
-            "Compare its type and shape with the task (describe(name)).",
-        )
-
-
-def check(name: str, fn) -> bool:
-    """Run :func:`run_check`, print its message and return whether ``fn`` passed."""
-    result = run_check(name, fn)
-    print(result.message)
-    return result.passed

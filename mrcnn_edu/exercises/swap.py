@@ -49,11 +49,18 @@ SITES: dict[str, dict[str, tuple[str, ...]]] = {
     "roi_align": {"roi_align": ("mrcnn_edu.roi_align", "mrcnn_edu.detection_targets", "mrcnn_edu.ops")},
     "detection_targets": {"detection_targets": ("mrcnn_edu.detection_targets", "mrcnn_edu.model")},
     "paste_mask": {"paste_masks": ("mrcnn_edu.masks", "mrcnn_edu.model")},
+    "proposal_layer": {"propose": ("mrcnn_edu.proposals", "mrcnn_edu.model")},
+    "detection_layer": {"detect": ("mrcnn_edu.detection", "mrcnn_edu.model")},
+    "roi_pool": {"roi_pool": ("mrcnn_edu.roi_align", "mrcnn_edu.ops")},
+    "crop_and_resize": {"crop_and_resize": ("mrcnn_edu.roi_align",)},
+    "assign_fpn_levels": {"assign_fpn_levels": ("mrcnn_edu.roi_align",)},
+    "mask_target": {"mask_targets": ("mrcnn_edu.detection_targets",)},
+    "rpn_loss": {"rpn_objectness_loss": ("mrcnn_edu.losses",), "rpn_box_loss": ("mrcnn_edu.losses",)},
+    "mask_loss": {"mask_loss": ("mrcnn_edu.losses",)},
 }
 
-# Modules (and their submodules) never swapped: this package, whose checks hold the references, and the
-# grader (which keeps references of its own).
-_NOT_SWAPPED = (__package__, "mrcnn_edu.grade")
+# Modules (and their submodules) never swapped: this package, whose checks and grader hold the references.
+_NOT_SWAPPED = (__package__,)
 
 
 def _unwrap(obj):
@@ -73,20 +80,10 @@ def _load_originals() -> dict[str, dict[str, Callable]]:
 
 
 _ORIGINALS = _load_originals()
-#: The references the checks compare with, by exercise name.
-_REF = {
-    "box_iou": _ORIGINALS["box_iou"]["box_iou"],
-    "encode_deltas": _ORIGINALS["encode_deltas"]["encode_deltas"],
-    "decode_deltas": _ORIGINALS["decode_deltas"]["decode_deltas"],
-    "level_anchors": _ORIGINALS["level_anchors"]["level_anchors"],
-    "pyramid_anchors": _ORIGINALS["pyramid_anchors"]["pyramid_anchors"],
-    "nms": _ORIGINALS["nms"]["nms"],
-    "rpn_targets": _ORIGINALS["rpn_targets"]["rpn_targets"],
-    "bilinear": _ORIGINALS["bilinear"]["bilinear"],
-    "roi_align": _ORIGINALS["roi_align"]["roi_align"],
-    "detection_targets": _ORIGINALS["detection_targets"]["detection_targets"],
-    "paste_mask": _unwrap(_masks.paste_mask_loop),
-}
+#: The references the checks compare with, by exercise name: the stage's (first) library function, except
+#: paste_mask's one-mask loop; rpn_loss's two functions are in ``_ORIGINALS["rpn_loss"]``.
+_REF = {stage: next(iter(attrs.values())) for stage, attrs in _ORIGINALS.items() if stage != "rpn_loss"}
+_REF["paste_mask"] = _unwrap(_masks.paste_mask_loop)
 # Library helpers the checks and adapters call, saved unswapped for the same reason.
 _box_iou = _REF["box_iou"]
 _encode = _REF["encode_deltas"]
@@ -368,7 +365,183 @@ def _adapters(stage: str, fn: Callable) -> dict[str, Callable]:
             return out >= threshold if threshold is not None else out
 
         return {"paste_masks": paste_masks}
+
+    if stage == "proposal_layer":
+        return {"propose": _proposal_adapter(fn, original["propose"])}
+    if stage == "detection_layer":
+        return {"detect": _detection_adapter(fn, original["detect"])}
+
+    if stage == "roi_pool":
+
+        def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+            if isinstance(boxes, (list, tuple)):
+                parts = [torch.cat((torch.full_like(b[:, :1], i), b), dim=1) for i, b in enumerate(boxes)]
+                boxes = torch.cat(parts) if parts else input.new_zeros((0, 5))
+            size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+            return _student_output(fn(input, boxes.detach().to(input.dtype), size, spatial_scale), stage)
+
+        return {"roi_pool": roi_pool}
+
+    if stage == "crop_and_resize":
+
+        def crop_and_resize(input, boxes, box_indices, crop_size, extrapolation_value=0.0):
+            size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+            out = fn(input, boxes.detach(), box_indices.long(), size, extrapolation_value=extrapolation_value)
+            return _student_output(out, stage)
+
+        return {"crop_and_resize": crop_and_resize}
+
+    if stage == "assign_fpn_levels":
+
+        def assign_fpn_levels(boxes, k0=4, canonical_size=224, min_level=2, max_level=5, rounding="round",
+                              eps=1e-6, image_size=None):  # fmt: skip
+            if rounding != "round" or image_size is not None:
+                _warn_once(
+                    "assign_fpn_levels-options",
+                    "assign_fpn_levels: rounding='floor' and matterport's normalised boxes (image_size) are "
+                    "not part of the exercise; the reference runs for these calls",
+                )
+                return original["assign_fpn_levels"](
+                    boxes, k0, canonical_size, min_level, max_level, rounding, eps, image_size
+                )
+            out = fn(boxes, k0=k0, canonical_size=canonical_size, min_level=min_level, max_level=max_level)
+            return _student_output(out, stage).long()
+
+        return {"assign_fpn_levels": assign_fpn_levels}
+
+    if stage == "mask_target":
+
+        def mask_targets(gt_masks, rois, matched_gt, mask_size=28, aligned=False, binarize=True):
+            if aligned or not binarize:
+                _warn_once(
+                    "mask_target-options",
+                    "mask_targets: aligned=True and soft targets are not part of the exercise; the reference "
+                    "runs for these calls",
+                )
+                return original["mask_targets"](gt_masks, rois, matched_gt, mask_size, aligned, binarize)
+            out = [
+                _student_output(fn(gt_masks[g], roi, mask_size), stage)
+                for roi, g in zip(rois, matched_gt.tolist(), strict=True)
+            ]
+            if not out:
+                return rois.new_zeros((0, mask_size, mask_size))
+            return torch.stack(out).to(device=rois.device, dtype=rois.dtype)
+
+        return {"mask_targets": mask_targets}
+
+    if stage == "rpn_loss":
+
+        def rpn_objectness_loss(logits, labels):
+            zeros = logits.new_zeros((*logits.shape, 4))
+            return _student_loss(fn(logits, zeros, labels, zeros), stage, 0)
+
+        def rpn_box_loss(deltas, target_deltas, labels, beta=1.0 / 9, normalize="sampled"):
+            if normalize != "sampled":
+                _warn_once(
+                    "rpn_loss-normalize",
+                    "rpn_box_loss: normalize other than 'sampled' is not part of the exercise; the reference "
+                    "runs for these calls",
+                )
+                return original["rpn_box_loss"](deltas, target_deltas, labels, beta, normalize)
+            logits = deltas.new_zeros(deltas.shape[:-1])
+            return _student_loss(fn(logits, deltas, labels, target_deltas, beta=beta), stage, 1)
+
+        return {"rpn_objectness_loss": rpn_objectness_loss, "rpn_box_loss": rpn_box_loss}
+
+    if stage == "mask_loss":
+
+        def mask_loss(mask_logits, labels, mask_targets):
+            if mask_logits.shape[1] == 1:
+                _warn_once(
+                    "mask_loss-agnostic",
+                    "mask_loss: class-agnostic masks (one channel) are not part of the exercise; the "
+                    "reference runs for these calls",
+                )
+                return original["mask_loss"](mask_logits, labels, mask_targets)
+            return _student_output(fn(mask_logits, labels, mask_targets), stage)
+
+        return {"mask_loss": mask_loss}
     raise AssertionError(stage)
+
+
+def _student_loss(out, stage: str, index: int) -> torch.Tensor:
+    """Item ``index`` of the student's ``(objectness_loss, box_loss)``."""
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(
+            f"your {stage} must return (objectness_loss, box_loss); run "
+            f"mrcnn_edu.exercises.check({stage!r}, {stage})"
+        )
+    return _student_output(out[index], stage)
+
+
+def _student_tuple(out, stage: str, n: int) -> tuple:
+    if not (isinstance(out, (tuple, list)) and len(out) == n):
+        raise TypeError(
+            f"your {stage} must return a tuple of {n} tensors; run "
+            f"mrcnn_edu.exercises.check({stage!r}, {stage})"
+        )
+    return tuple(_student_output(t, stage) for t in out)
+
+
+def _proposal_adapter(fn: Callable, original: Callable) -> Callable:
+    """The library's ``propose`` (a batch) calling the student's one-image ``proposal_layer``."""
+
+    def propose(objectness, deltas, anchors, image_sizes, num_anchors_per_level=None, pre_nms_top_n=6000,
+                post_nms_top_n=2000, nms_threshold=0.7, min_size=0.0, per_level=False,
+                weights=(1.0, 1.0, 1.0, 1.0), score_threshold=0.0, clamp=_boxes.DEFAULT_DELTA_CLAMP,
+                return_pre_nms=False):  # fmt: skip
+        args = (objectness, deltas, anchors, image_sizes, num_anchors_per_level, pre_nms_top_n,
+                post_nms_top_n, nms_threshold, min_size, per_level, weights, score_threshold,
+                clamp)  # fmt: skip
+        if per_level or min_size > 0 or score_threshold > 0 or clamp != _boxes.DEFAULT_DELTA_CLAMP:
+            _warn_once(
+                "proposal_layer-options",
+                "propose: per_level, min_size, score_threshold and clamp settings are not part of the "
+                "exercise; the reference runs for these calls",
+            )
+            return original(*args, return_pre_nms=return_pre_nms)
+        # Candidates before NMS (for pictures only) come from the reference; the proposals are the student's.
+        results = original(*args, return_pre_nms=True) if return_pre_nms else [{} for _ in image_sizes]
+        objectness, deltas, anchors = objectness.detach(), deltas.detach(), anchors.detach().to(deltas.dtype)
+        for i, size in enumerate(image_sizes):
+            out = fn(objectness[i], deltas[i], anchors, tuple(int(v) for v in size),
+                     pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n, nms_threshold=nms_threshold,
+                     weights=tuple(weights))  # fmt: skip
+            boxes, scores = _student_tuple(out, "proposal_layer", 2)
+            unknown = torch.full((len(boxes),), -1, dtype=torch.long, device=boxes.device)
+            results[i].update(boxes=boxes, scores=scores, anchor_index=unknown, levels=unknown)
+        return results
+
+    return propose
+
+
+def _detection_adapter(fn: Callable, original: Callable) -> Callable:
+    """The library's ``detect`` calling the student's ``detection_layer``."""
+
+    def detect(class_logits, box_deltas, proposals, image_size, score_threshold=0.7, nms_threshold=0.3,
+               max_detections=100, weights=(10.0, 10.0, 5.0, 5.0), candidates="argmax", min_size=0.0,
+               clamp=_boxes.DEFAULT_DELTA_CLAMP, return_pre_nms=False):  # fmt: skip
+        args = (class_logits, box_deltas, proposals, image_size, score_threshold, nms_threshold,
+                max_detections, weights, candidates, min_size, clamp)  # fmt: skip
+        if candidates != "argmax" or min_size > 0 or clamp != _boxes.DEFAULT_DELTA_CLAMP:
+            _warn_once(
+                "detection_layer-options",
+                "detect: candidates='all', min_size and clamp settings are not part of the exercise; the "
+                "reference runs for these calls",
+            )
+            return original(*args, return_pre_nms=return_pre_nms)
+        result = original(*args, return_pre_nms=True) if return_pre_nms else {}
+        logits = class_logits.detach()
+        deltas = box_deltas.detach().reshape(logits.shape[0], logits.shape[1], 4)
+        out = fn(logits, deltas, proposals.detach().to(deltas.dtype), tuple(int(v) for v in image_size),
+                 score_threshold=score_threshold, nms_threshold=nms_threshold, max_detections=max_detections,
+                 weights=tuple(weights))  # fmt: skip
+        boxes, scores, labels = _student_tuple(out, "detection_layer", 3)
+        unknown = torch.full((len(boxes),), -1, dtype=torch.long, device=boxes.device)
+        result.update(boxes=boxes, scores=scores, labels=labels.long(), roi_index=unknown)
+        return result
+
+    return detect
 
 
 def _student_targets(out, solid: torch.Tensor, stage: str) -> dict:
@@ -442,6 +615,22 @@ def use_reference(stage: str | None = None) -> None:
     for s in stages:
         _STUDENT.pop(s, None)
         _restore(s)
+
+
+def use_student_if_passed(stage: str, fn: Callable, passed: bool) -> bool:
+    """For a demo cell: swap ``fn`` in if its check ``passed``, else put the library's function back, and say
+    plainly which one the demo runs. Returns ``passed``."""
+    stage = _exercise_name(stage)
+    if passed:
+        use_student(stage, fn)
+        print(f"The demo below runs YOUR {stage}.")
+    else:
+        use_reference(stage)
+        print(
+            f"Your {stage} has not passed its check yet, so the demo below runs the LIBRARY's {stage}, not "
+            f"yours. Fix it, run check({stage!r}, {stage}) again, then this cell."
+        )
+    return bool(passed)
 
 
 def active() -> dict[str, str]:

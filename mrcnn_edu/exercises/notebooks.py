@@ -3,23 +3,23 @@
 The instructor notebooks in ``notebooks/exercises/instructor/`` are the source. Each states a task, holds the
 solution in one code cell, checks it with :func:`mrcnn_edu.exercises.check` and runs the detector with it.
 :func:`build_student_notebooks` derives ``notebooks/exercises/student/`` from them
-(``mrcnn-edu exercises build``, or ``python -m mrcnn_edu.exercise_notebooks``); both versions are committed,
-without outputs.
+(``mrcnn-edu exercises build [--src DIR --out DIR]``); both versions are committed, without outputs.
 
 Cell tags (Jupyter: View > Cell Toolbar > Tags, stored in the cell's ``metadata.tags``):
 
 ``exercise``
-    The cell that defines the student's function(s). The grader (:mod:`mrcnn_edu.grade`) runs these cells
-    whole; from every other code cell it runs only the top-level ``import`` statements and ``def`` / ``class``
-    definitions, never calls, checks or detector runs.
+    The cell that defines the student's function(s). The grader (:mod:`.grading`) runs these cells
+    whole; from every other code cell it runs only the top-level ``import`` statements and ``def``
+    statements, never calls, checks, detector runs or class bodies.
 ``solution``
     Instructor-only content. In the student's version a code cell tagged ``solution`` becomes the *task cell*:
     its imports are kept, every top-level function keeps its ``def`` line(s) and docstring and gets the body
     ``raise NotImplementedError("your code here")``; comments and any other statement are dropped. A markdown
     cell tagged ``solution`` is dropped. The ``solution`` tag itself is removed.
 
-Notebook metadata ``mrcnn_edu.exercises`` lists the exercises a notebook covers (the grader expects exactly
-those); the student's version also gets ``mrcnn_edu.generated = true``. Outputs and execution counts are
+Notebook metadata ``mrcnn_edu.exercises`` lists the exercises a notebook covers (it must agree with
+:data:`.catalog.ASSIGNMENTS`, which is what the grader goes by: a student can edit metadata); the student's
+version also gets ``mrcnn_edu.generated = true``. Outputs and execution counts are
 cleared in both versions.
 """
 
@@ -42,6 +42,7 @@ __all__ = [
     "cell_source",
     "cell_tags",
     "notebook_exercises",
+    "solution_parts",
     "task_cell_source",
     "student_notebook",
     "build_student_notebooks",
@@ -49,7 +50,6 @@ __all__ = [
     "grading_code",
     "add_arguments",
     "run",
-    "main",
 ]
 
 EXERCISE_TAG = "exercise"
@@ -60,7 +60,7 @@ TASK_BODY = 'raise NotImplementedError("your code here")'
 
 def default_dirs() -> tuple[Path, Path]:
     """``(instructor, student)`` folders of the course: in the installed package, or in a clone."""
-    from .notebook import course_source
+    from ..notebook import course_source
 
     root = course_source() / "exercises"
     return root / "instructor", root / "student"
@@ -101,13 +101,16 @@ def _set_source(cell: dict, text: str) -> None:
 
 
 def cell_tags(cell: dict) -> list[str]:
-    tags = cell.get("metadata", {}).get("tags", [])
+    metadata = cell.get("metadata")
+    tags = metadata.get("tags", []) if isinstance(metadata, dict) else []
     return [str(t) for t in tags] if isinstance(tags, list) else []
 
 
 def notebook_exercises(nb: dict) -> list[str] | None:
     """The exercise names listed in the notebook's ``mrcnn_edu.exercises`` metadata, or None."""
-    names = nb.get("metadata", {}).get("mrcnn_edu", {}).get("exercises")
+    metadata = nb.get("metadata")
+    own = metadata.get("mrcnn_edu") if isinstance(metadata, dict) else None
+    names = own.get("exercises") if isinstance(own, dict) else None
     if isinstance(names, list) and all(isinstance(n, str) for n in names):
         return list(names)
     return None
@@ -117,41 +120,55 @@ def notebook_exercises(nb: dict) -> list[str] | None:
 # instructor -> student
 
 
-def task_cell_source(source: str) -> str:
-    """The student's task cell made from a solution cell: imports, and each function's header and docstring.
+def solution_parts(source: str) -> list[tuple[str, str, str]]:
+    """A solution cell split for the tools that hide solutions: one ``(head, indent, body)`` per statement.
 
     source: Python code of a solution cell: only ``import`` statements and function definitions.
-    Returns the same imports and functions (decorators, ``def`` line(s) and docstring kept verbatim) with
-    every body replaced by :data:`TASK_BODY`. Raises ValueError (naming ``source``) on anything else, so
-    that no solution code can slip into the student's version unnoticed.
+    An import gives ``(its text, "", "")``; a function gives its head (decorators, ``def`` line(s) and
+    docstring, verbatim), the indentation of its body and the rest of its body (verbatim, possibly empty).
+    Raises ValueError (naming ``source``) on anything else, so that no solution code can slip into a student's
+    version unnoticed, and when there is no function.
     """
     try:
         tree = ast.parse(source)
     except SyntaxError as err:
         raise ValueError(f"source of a solution cell does not parse: {err}") from None
     lines = source.splitlines()
-    imports, functions = [], []
+    parts = []
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            imports.append("\n".join(lines[node.lineno - 1 : node.end_lineno]))
+            parts.append(("\n".join(lines[node.lineno - 1 : node.end_lineno]), "", ""))
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             first = min([node.lineno] + [d.lineno for d in node.decorator_list])
             body = node.body
-            header = lines[first - 1 : body[0].lineno - 1]
-            indent = " " * body[0].col_offset
-            doc = body[0] if ast.get_docstring(node, clean=False) is not None else None
-            if doc is not None:
-                if doc.lineno == node.lineno:  # one-line function: ``def f(x): "doc"; ...``
+            head_end = body[0].lineno - 1
+            if ast.get_docstring(node, clean=False) is not None:
+                if body[0].lineno == node.lineno:  # one-line function: ``def f(x): "doc"; ...``
                     raise ValueError(f"source: put the body of {node.name}() on its own lines")
-                header += lines[doc.lineno - 1 : doc.end_lineno]
-            functions.append("\n".join(header + [indent + TASK_BODY]))
+                head_end = body[0].end_lineno
+            head = "\n".join(lines[first - 1 : head_end])
+            rest = "\n".join(lines[head_end : node.end_lineno])
+            parts.append((head, " " * body[0].col_offset, rest))
         else:
             raise ValueError(
                 "source of a solution cell may hold only imports and function definitions, got a "
                 f"{type(node).__name__} statement on line {node.lineno}"
             )
-    if not functions:
+    if not any(indent for _, indent, _ in parts):
         raise ValueError("source of a solution cell defines no function")
+    return parts
+
+
+def task_cell_source(source: str) -> str:
+    """The student's task cell made from a solution cell: imports, and each function's header and docstring.
+
+    source: Python code of a solution cell (see :func:`solution_parts`, which raises ValueError on anything
+    else). Returns the same imports and functions (decorators, ``def`` line(s) and docstring kept verbatim)
+    with every body replaced by :data:`TASK_BODY`.
+    """
+    parts = solution_parts(source)
+    imports = [head for head, indent, _ in parts if not indent]
+    functions = [f"{head}\n{indent}{TASK_BODY}" for head, indent, _ in parts if indent]
     blocks = (["\n".join(imports)] if imports else []) + functions
     return "\n\n\n".join(blocks) + "\n"
 
@@ -263,13 +280,13 @@ def grading_code(nb: dict) -> list[tuple[int, str]]:
     """The code the grader executes from a notebook: ``(cell index, source)`` in cell order.
 
     Code cells tagged ``exercise`` are taken whole (a syntax error there is the student's and is reported);
-    from every other code cell only the top-level imports and ``def`` / ``class`` statements (with their
-    decorators) are taken, so that checks, plots and detector runs are not executed while grading. Cells that
-    do not parse, outside the exercise cells, are skipped.
+    from every other code cell only the top-level imports and ``def`` statements (with their decorators) are
+    taken, so that checks, plots, detector runs and class bodies (code that runs at definition) are not
+    executed while grading. Cells that do not parse, outside the exercise cells, are skipped.
     """
     chunks = []
     for index, cell in enumerate(nb["cells"]):
-        if cell.get("cell_type") != "code":
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
             continue
         source = _strip_magics(cell_source(cell))
         if EXERCISE_TAG in cell_tags(cell):
@@ -277,14 +294,12 @@ def grading_code(nb: dict) -> list[tuple[int, str]]:
             continue
         try:
             tree = ast.parse(source)
-        except SyntaxError:
+        except (SyntaxError, ValueError):
             continue
         lines = source.splitlines()
         kept = []
         for node in tree.body:
-            if isinstance(
-                node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-            ):
+            if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef)):
                 first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
                 kept.append("\n".join(lines[first - 1 : node.end_lineno]))
         if kept:
@@ -331,15 +346,3 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mrcnn-edu exercises build", description="Generate the students' exercise notebooks."
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
