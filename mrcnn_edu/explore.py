@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .boxes import DEFAULT_DELTA_CLAMP, decode_deltas
+# stages by module (boxes.decode_deltas, not the name): an exercise that swaps in a student's function swaps
+# it here too, as in the model (mrcnn_edu.exercises.swap)
+from . import __version__, boxes, roi_align
 from .model import TRACE_FRAMES, TRACE_STAGES
 from .molding import denormalize_image
-from .roi_align import assign_fpn_levels
 from .visualize import instance_colors
 
 __all__ = ["explorer_data", "render_page", "write_page", "dequantise", "PAGE_FILES", "VIEWS"]
@@ -166,7 +166,7 @@ def _levels(trace: dict, config, top: int) -> list[dict]:
         probs = objectness[part].sigmoid()
         best = probs.topk(min(top, count)).indices
         chosen = anchors[part][best]
-        decoded = decode_deltas(deltas[part][best], chosen, config.rpn_weights, DEFAULT_DELTA_CLAMP)
+        decoded = boxes.decode_deltas(deltas[part][best], chosen, config.rpn_weights)
         levels.append({
             "name": name, "feature_size": list(feature.shape[-2:]), "count": count, "scale": float(scale),
             **grid,
@@ -184,27 +184,27 @@ def _levels(trace: dict, config, top: int) -> list[dict]:
 
 def _proposals(trace: dict, config, canvas, channels: int) -> dict:
     """The P proposals after NMS (row i is ROI i of the box head) with what the heads made of each."""
-    boxes, scores = trace["proposals"][0]["boxes"], trace["proposals"][0]["scores"]
+    rois, scores = trace["proposals"][0]["boxes"], trace["proposals"][0]["scores"]
+    count = len(rois)
     probs = trace["class_logits"].softmax(-1)
     num = probs.shape[1]
     # the level rule of pyramid_roi_align, as the model calls it (P2..P5 pool the ROIs)
-    levels = assign_fpn_levels(
-        boxes, canonical_size=config.canonical_size, min_level=2, max_level=5, rounding=config.level_rounding,
+    levels = roi_align.assign_fpn_levels(
+        rois, canonical_size=config.canonical_size, min_level=2, max_level=5, rounding=config.level_rounding,
         image_size=canvas if config.roi_method == "crop_and_resize" else None,
-    ) if len(boxes) else torch.zeros(0, dtype=torch.long)  # fmt: skip
-    best = probs[:, 1:].argmax(1) + 1 if num > 1 else torch.zeros(len(boxes), dtype=torch.long)
-    deltas = trace["box_deltas"].reshape(len(boxes), num, 4)[torch.arange(len(boxes)), best]
-    refined = decode_deltas(deltas, boxes, config.box_weights, DEFAULT_DELTA_CLAMP) if len(boxes) else boxes
+    )  # fmt: skip
+    best = probs[:, 1:].argmax(1) + 1  # the most likely foreground class
+    deltas = trace["box_deltas"].reshape(count, num, 4)[torch.arange(count), best]
+    refined = boxes.decode_deltas(deltas, rois, config.box_weights)
     pooled = trace["box_features"]
-    spread = pooled.transpose(0, 1).reshape(pooled.shape[1], -1).std(1) if len(boxes) > 1 else \
-        pooled.new_zeros(pooled.shape[1])  # fmt: skip
+    spread = pooled.transpose(0, 1).reshape(pooled.shape[1], -1).std(1).nan_to_num(0.0)
     kept = spread.topk(min(channels, pooled.shape[1])).indices.sort().values
     detections = trace["detections"][0]
-    detection_of = [-1] * len(boxes)
+    detection_of = [-1] * count
     for j, roi in enumerate(detections["roi_index"].tolist()):
         detection_of[roi] = j
     return {
-        "boxes": _round(boxes), "scores": _round(scores, 4),
+        "boxes": _round(rois), "scores": _round(scores, 4),
         "order": scores.argsort(descending=True).tolist(),
         "levels": levels.tolist(),
         "class_probs": _quantised(probs, 0.0, 1.0),
