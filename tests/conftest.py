@@ -61,11 +61,15 @@ def open_page(browser):
         contexts.append(context)
         page = context.new_page()
         problems: list[str] = []
-        page.on("console", lambda m: m.type == "error" and problems.append(f"console error: {m.text}"))
-        page.on("pageerror", lambda e: problems.append(f"exception: {e}"))
-        page.on("requestfailed", lambda r: problems.append(f"failed request: {r.url[:200]}"))
-        page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:"))
-                else problems.append(f"network request: {r.url[:200]}"))  # fmt: skip
+
+        def note(text: str) -> None:  # with the page that was open when it happened
+            problems.append(f"{page.url.rsplit('/', 1)[-1]}: {text}")
+
+        page.on("console", lambda m: m.type == "error" and note(f"console error: {m.text}"))
+        page.on("pageerror", lambda e: note(f"exception: {e}"))
+        page.on("requestfailed", lambda r: note(f"failed request: {r.url[:200]}"))
+        page.on("request", lambda r: r.url.startswith(("file:", "data:", "blob:"))
+                or note(f"network request: {r.url[:200]}"))  # fmt: skip
         page.goto(url, wait_until="load")
         if ready:
             page.wait_for_selector(ready, state="attached", timeout=30_000)
