@@ -66,7 +66,10 @@ html_theme_options = {
 }
 
 # MathJax from the sphinx-mathjax-offline wheel (its Sphinx extension would copy all 25 MB of it)
-_MATHJAX = Path(importlib.util.find_spec("sphinx-mathjax-offline").origin).parent / "static" / "mathjax"
+_spec = importlib.util.find_spec("sphinx-mathjax-offline")
+if _spec is None:
+    raise RuntimeError("the book needs sphinx-mathjax-offline (MathJax, no CDN): pip install -e .[book]")
+_MATHJAX = Path(_spec.origin).parent / "static" / "mathjax"
 _MATHJAX_FILES = ("tex-chtml.js", "output/chtml/fonts/woff-v2")
 mathjax_path = "mathjax/tex-chtml.js"
 

@@ -25,6 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXECUTED = ["03_anchors"]
+BOOK_PACKAGES = ("sphinx", "myst_nb", "sphinx_book_theme", "sphinx-mathjax-offline")
 
 
 def _load(name: str):
@@ -86,8 +87,9 @@ def test_putting_the_cell_twice_changes_nothing_and_replaces_a_stale_one():
 # ------------------------------------------------------------------------------------- the site
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    for package in ("sphinx", "myst_nb", "sphinx_book_theme"):
-        pytest.importorskip(package, reason="the book's packages are not installed (pip install -e .[book])")
+    missing = [p for p in BOOK_PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        pytest.skip(f"the book's packages are not installed: {', '.join(missing)} (pip install -e .[book])")
     work = tmp_path_factory.mktemp("book")
     out = work / "html"
     start = time.perf_counter()

@@ -213,12 +213,18 @@ def test_the_page_is_one_offline_file(page_data):
     assert json.loads(payload.group(1))["proposals"]["order"] == data["proposals"]["order"]
 
 
-def test_a_model_that_detects_nothing_still_makes_a_page(held_out, tmp_path):
+@pytest.fixture(scope="module")
+def empty_page(held_out, tmp_path_factory):
     model = load_shipped_model(detection_min_confidence=1.0)
-    written = write_page(tmp_path / "empty.html", model, held_out[0][0])
+    path = tmp_path_factory.mktemp("empty") / "empty.html"
+    return path, write_page(path, model, held_out[0][0])
+
+
+def test_a_model_that_detects_nothing_still_makes_a_page(empty_page, held_out):
+    _, written = empty_page
     assert written["detections"] == 0 and written["proposals"] > 0
     with pytest.raises(ValueError, match="eval mode"):
-        explorer_data(model.train(), held_out[0][0])
+        explorer_data(load_shipped_model().train(), held_out[0][0])
 
 
 @pytest.fixture(scope="module")
@@ -354,4 +360,13 @@ def test_explorer_photo_page_loads_without_errors(photo_page, open_page):
     page.fill("#score-threshold", "0")
     page.dispatch_event("#score-threshold", "input")
     assert _drawn(page, "detections").startswith("detections=100/100")
+    assert problems == []
+
+
+def test_explorer_without_detections_loads_without_errors(empty_page, open_page):
+    page, problems = open_page(empty_page[0].as_uri())
+    assert _drawn(page, "detections").startswith("detections=0/0")
+    page.fill("#proposal-index", "0")
+    page.dispatch_event("#proposal-index", "change")
+    assert "Not a detection" in page.inner_text("#detail")
     assert problems == []
