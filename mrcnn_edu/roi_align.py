@@ -74,7 +74,7 @@ import torch.nn.functional as F
 
 from ._checks import check_boxes, check_size, check_tensor
 from ._tv import torchvision_ops
-from .boxes import box_area, to_matterport_normalized
+from .boxes import box_area, box_dtype, to_matterport_normalized
 
 __all__ = [
     "roi_align",
@@ -139,9 +139,17 @@ def _check_sampling_ratio(sampling_ratio) -> int:
     return sampling_ratio
 
 
-def _coordinate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Sample coordinates need at least float32: float16 cannot tell x = 271.3 from 271.25."""
-    return torch.promote_types(dtype, torch.float32)
+def _constant(inputs: Sequence[torch.Tensor], shape, value: float = 0.0) -> torch.Tensor:
+    """A new ``shape`` tensor full of ``value`` (in ``inputs[0]``'s dtype) that is part of the inputs' graph.
+
+    What an op returns when there is nothing to sample (no boxes, or an empty map). torchvision's kernels
+    return such outputs too, so ``backward()`` works on them and the inputs get a zero gradient. An empty
+    slice of each input is summed in (0, reading no value: an inf in the map cannot turn it into NaN).
+    """
+    out = inputs[0].new_full(shape, value)
+    for t in inputs:
+        out = out + t.reshape(-1)[:0].sum()
+    return out
 
 
 def _rois(input: torch.Tensor, boxes, name: str = "boxes") -> torch.Tensor:
@@ -169,7 +177,7 @@ def _rois(input: torch.Tensor, boxes, name: str = "boxes") -> torch.Tensor:
         )
     if rois.device != input.device:
         raise ValueError(f"{name} must be on the device of input ({input.device}), got {rois.device}")
-    rois = rois.detach().to(_coordinate_dtype(input.dtype))
+    rois = rois.detach().to(box_dtype(input.dtype))
     if rois.shape[0] > 0:
         index = rois[:, 0]
         if bool(((index < 0) | (index >= input.shape[0])).any()):
@@ -236,8 +244,8 @@ def roi_align_loop(
     rois, oh, ow, scale = _check_pool_args(input, boxes, output_size, spatial_scale)
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
     offset = 0.5 if aligned else 0.0  # feature cell c has its value at c + 0.5 in box coordinates
-    if input.shape[-2] == 0 or input.shape[-1] == 0:  # on an empty map every sample is outside: zeros
-        return input.new_zeros((rois.shape[0], input.shape[1], oh, ow))
+    if rois.shape[0] == 0 or input.shape[-2] == 0 or input.shape[-1] == 0:  # (an empty map reads zeros)
+        return _constant([input], (rois.shape[0], input.shape[1], oh, ow))
 
     pooled = []
     for roi in rois:
@@ -267,8 +275,6 @@ def roi_align_loop(
                 row.append(total / count)
             rows.append(torch.stack(row, dim=-1))  # [C, ow]
         pooled.append(torch.stack(rows, dim=-2))  # [C, oh, ow]
-    if not pooled:
-        return input.new_zeros((0, input.shape[1], oh, ow))
     return torch.stack(pooled).to(input.dtype)
 
 
@@ -414,10 +420,12 @@ def roi_align(
     _, c, h, w = input.shape
     k = rois.shape[0]
     if k == 0 or c == 0 or h == 0 or w == 0:  # on an empty map every sample is outside: zeros
-        return input.new_zeros((k, c, oh, ow))
+        return _constant([input], (k, c, oh, ow))
     tv = torchvision_ops()
     if tv is not None and input.is_cuda:
-        return tv.roi_align(input, rois.to(input.dtype), (oh, ow), scale, sampling_ratio, aligned)
+        # Its kernel reads the boxes in the input's dtype: half-precision maps go through float32.
+        wide = input.to(rois.dtype)
+        return tv.roi_align(wide, rois, (oh, ow), scale, sampling_ratio, aligned).to(input.dtype)
 
     rows = _channels_last_rows(input)
     image = rois[:, 0].long()
@@ -502,11 +510,11 @@ def crop_and_resize(
             f"[{box_indices.min().item()}, {box_indices.max().item()}]"
         )
     if k == 0 or c == 0:
-        return input.new_zeros((k, c, ch, cw))
+        return _constant([input], (k, c, ch, cw))
     if h == 0 or w == 0:
-        return input.new_full((k, c, ch, cw), extrapolation_value)
+        return _constant([input], (k, c, ch, cw), extrapolation_value)
 
-    coordinate = _coordinate_dtype(input.dtype)
+    coordinate = box_dtype(input.dtype)
     y1, x1, y2, x2 = boxes.detach().to(coordinate).unbind(1)
     ys, xs = _crop_coordinates(y1, y2, ch, h), _crop_coordinates(x1, x2, cw, w)  # [K, ch], [K, cw]
     y_inside = (ys >= 0) & (ys <= h - 1)  # False for NaN too
@@ -569,7 +577,7 @@ def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0
     _, c, h, w = input.shape
     k = rois.shape[0]
     if k == 0 or c == 0 or h == 0 or w == 0:  # on an empty map every bin is empty: zeros
-        return input.new_zeros((k, c, oh, ow))
+        return _constant([input], (k, c, oh, ow))
 
     row0, row1, col0, col1 = _roi_pool_bin_edges(rois, scale, oh, ow, h, w)
     rows_per_bin = (row1 - row0).clamp(min=0)[:, :, None].expand(k, oh, ow).reshape(-1)
@@ -706,8 +714,8 @@ def pyramid_roi_align(
     rois = _rois(features[0], boxes)
     oh, ow = _pair("output_size", output_size)
     k, c = rois.shape[0], features[0].shape[1]
-    if k == 0:
-        return features[0].new_zeros((0, c, oh, ow))
+    if k == 0:  # connected to every level, as torchvision's MultiScaleRoIAlign: all get a zero gradient
+        return _constant(features, (0, c, oh, ow))
 
     levels = assign_fpn_levels(
         rois[:, 1:],
@@ -740,7 +748,7 @@ def pyramid_roi_align(
 def _one_roi(box) -> torch.Tensor:
     """A single box ``[4]`` as a detached ``[1, 5]`` roi of image 0, at least float32."""
     check_tensor("box", box, ndim=1, last_dim=4, kind="float")
-    box = box.detach().to(_coordinate_dtype(box.dtype))
+    box = box.detach().to(box_dtype(box.dtype))
     return torch.cat((box.new_zeros(1), box))[None]
 
 
@@ -828,6 +836,6 @@ def crop_and_resize_sample_points(box: torch.Tensor, feature_size, crop_size) ->
     check_tensor("box", box, ndim=1, last_dim=4, kind="float")
     h, w = check_size("feature_size", feature_size)
     ch, cw = _pair("crop_size", crop_size)
-    y1, x1, y2, x2 = box.detach().to(_coordinate_dtype(box.dtype))[:, None]
+    y1, x1, y2, x2 = box.detach().to(box_dtype(box.dtype))[:, None]
     ys, xs = _crop_coordinates(y1, y2, ch, h)[0], _crop_coordinates(x1, x2, cw, w)[0]
     return torch.stack((ys[:, None].expand(ch, cw), xs[None, :].expand(ch, cw)), dim=-1)
