@@ -357,8 +357,9 @@ def _axis_coordinates(start, bin_size, grid, bins: int, padded: int) -> torch.Te
     return start + p * bin_size + (i + 0.5) * bin_size / grid
 
 
-def _roi_align_bucket(rows, image, top, left, bin_h, bin_w, grid_h, grid_w, height, width, oh, ow):
-    """RoIAlign of ``k`` rois given their geometry (``[k]`` each) as ``[k, oh*ow, C]``, reading ``rows``.
+def _roi_align_bucket(rows, image, top, left, bin_h, bin_w, grid_h, grid_w, gh, gw, height, width, oh, ow):
+    """RoIAlign of ``k`` rois given their geometry (``[k]`` each) as ``[k, oh*ow, C]``, reading ``rows``;
+    ``gh, gw`` (ints) are the largest grid of the ``k`` rois.
 
     Bilinear weights are separable: the sample at ``(y, x)`` reads the cells ``{y_low, y_high} x {x_low,
     x_high}`` with weights ``w_y * w_x``. So the coordinates are computed per axis (``k * oh * gh`` rows and
@@ -366,7 +367,6 @@ def _roi_align_bucket(rows, image, top, left, bin_h, bin_w, grid_h, grid_w, heig
     Every roi is padded to the largest grid of the bucket with weight-0 samples.
     """
     k = top.shape[0]
-    gh, gw = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
     y_index, y_weight = _axis_samples(top, bin_h, grid_h, oh, gh, height)  # [k, oh, gh, 2]
     x_index, x_weight = _axis_samples(left, bin_w, grid_w, ow, gw, width)  # [k, ow, gw, 2]
     # Fold the image offset into the rows and the average (outside samples count too) into the weights.
@@ -376,6 +376,26 @@ def _roi_align_bucket(rows, image, top, left, bin_h, bin_w, grid_h, grid_w, heig
     index = y_index[:, :, None, :, None, :, None] + x_index[:, None, :, None, :, None, :]
     weight = y_weight[:, :, None, :, None, :, None] * x_weight[:, None, :, None, :, None, :]
     return _bag_sum(rows, index, weight, k * oh * ow).view(k, oh * ow, -1)
+
+
+def _bucket_chunks(bucket, samples, grid_h, grid_w):
+    """Cut rois sorted by ``bucket`` into chunks of about ``_MAX_SAMPLES_PER_CHUNK`` padded samples, none
+    spanning two buckets. bucket, samples, grid_h, grid_w: ``[K]``. Returns the chunk sizes and each chunk's
+    largest ``(grid_h, grid_w)`` (at least 1), read to the host together, once."""
+    k = bucket.shape[0]
+    new_bucket = torch.ones_like(bucket, dtype=torch.bool)
+    new_bucket[1:] = bucket[1:] != bucket[:-1]
+    start = torch.cumsum(samples, 0) - samples
+    bucket_start = torch.cummax(torch.where(new_bucket, start, 0), 0).values  # start is non-decreasing
+    part = torch.div(start - bucket_start, _MAX_SAMPLES_PER_CHUNK, rounding_mode="floor")
+    new_chunk = new_bucket.clone()
+    new_chunk[1:] |= part[1:] != part[:-1]
+    chunk = torch.cumsum(new_chunk, 0) - 1  # 0 .. chunks-1
+    largest = [torch.ones(k, dtype=torch.long, device=bucket.device).scatter_reduce(0, chunk, g, "amax")
+               for g in (grid_h, grid_w)]  # fmt: skip
+    counts, grid_h, grid_w = torch.stack((torch.bincount(chunk, minlength=k), *largest)).tolist()
+    chunks = sum(1 for n in counts if n > 0)
+    return counts[:chunks], list(zip(grid_h[:chunks], grid_w[:chunks], strict=True))
 
 
 def _chunks(samples: torch.Tensor, budget: int) -> list[int]:
@@ -432,7 +452,7 @@ def roi_align(
     geometry = _roi_geometry(rois, scale, oh, ow, sampling_ratio, aligned)
     grid_h, grid_w = geometry[4], geometry[5]
     # Adaptive grids differ per box: bucket the boxes by grid size rounded up to a power of 2, so padding
-    # every box to its bucket's largest grid at most doubles the samples per axis. Each bucket is then
+    # every box to its chunk's largest grid at most doubles the samples per axis. Each bucket is then
     # chunked so that the index and weight tensors stay bounded.
     rounded_h = 2 ** torch.ceil(torch.log2(grid_h.clamp(min=1).double())).long()
     rounded_w = 2 ** torch.ceil(torch.log2(grid_w.clamp(min=1).double())).long()
@@ -442,15 +462,12 @@ def roi_align(
         order = torch.argsort(bucket, stable=True)
         image, geometry, bucket = image[order], [t[order] for t in geometry], bucket[order]
         rounded_h, rounded_w = rounded_h[order], rounded_w[order]
-    sizes, first = [], 0
-    for run in torch.unique_consecutive(bucket, return_counts=True)[1].tolist():
-        padded = rounded_h[first : first + run] * rounded_w[first : first + run] * (oh * ow)
-        sizes += _chunks(padded, _MAX_SAMPLES_PER_CHUNK)
-        first += run
+    sizes, grids = _bucket_chunks(bucket, rounded_h * rounded_w * (oh * ow), geometry[4], geometry[5])
     pooled = [
-        _roi_align_bucket(rows, *parts, h, w, oh, ow)
-        for parts in zip(*(t.split(sizes) for t in (image, *geometry)), strict=True)
-    ]
+        _roi_align_bucket(rows, *parts, gh, gw, h, w, oh, ow)
+        for (gh, gw), parts in zip(grids, zip(*(t.split(sizes) for t in (image, *geometry)), strict=True),
+                                   strict=True)
+    ]  # fmt: skip
     out = pooled[0] if len(pooled) == 1 else torch.cat(pooled)
     out = out.view(k, oh, ow, c).permute(0, 3, 1, 2)
     if order is None:
