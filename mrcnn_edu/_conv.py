@@ -3,10 +3,10 @@
 On the CPU PyTorch picks between two float32 convolution kernels by a rule of thumb: a 1x1, stride-1
 convolution of fewer than 16 images on one thread goes to its generic "unfold + matrix product" kernel,
 everything else to oneDNN's (``torch.mkldnn_convolution``). In a ResNet-50-FPN about half of the
-convolutions are such 1x1 layers, and on channels-last feature maps oneDNN computed its 1x1 shapes 1.1 to
-2 times as fast on one thread of the 2-core development machine. Same parameters, state dict keys, arguments and
-gradients as ``nn.Conv2d``; only the kernel differs, so results agree to float rounding. Every other device,
-dtype (autocast included) and padding mode takes ``nn.Conv2d``'s own path.
+convolutions are such 1x1 layers, and on channels-last feature maps oneDNN computed those shapes 1.1 to 2
+times as fast on one thread of the 2-core development machine. Same parameters, state dict keys, arguments
+and gradients as ``nn.Conv2d``; only the kernel differs, so results agree to float rounding. Every other
+device, dtype (autocast included) and padding mode takes ``nn.Conv2d``'s own path.
 """
 
 from __future__ import annotations
