@@ -359,8 +359,9 @@ class MaskRCNN(nn.Module):
 
     def _mask_branch(self, features, rois, canvas, record):
         pooled = self._pool(features, rois, self.config.mask_pool_size, canvas)
-        # The mask head's 3x3 convolutions run faster on channels-last maps (a copy of a few MB).
-        mask_logits = self.mask_head(pooled.contiguous(memory_format=torch.channels_last))
+        if not self.training:  # its 3x3 convolutions run faster on channels-last maps (a copy of a few MB)
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
+        mask_logits = self.mask_head(pooled)
         record("mask_features", pooled)
         record("mask_logits", mask_logits)
         return mask_logits
