@@ -46,6 +46,7 @@ coordinates (torchvision's offset trick assumes non-negative coordinates).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
@@ -80,6 +81,24 @@ def _check_args(
 
 def _empty(device: torch.device) -> torch.Tensor:
     return torch.zeros(0, dtype=torch.long, device=device)
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device):
+    """Run the CPU path on the calling thread only. Its ops are small (thousands of elements), so
+    torch's thread pool gains nothing, and on a busy CPU every parallel region waits for a descheduled
+    worker: ``benchmarks/ops.py --only nms --threads 2`` measured 2-4x the one-thread time (and the
+    readable loop 10x) while other processes ran. ``torch.set_num_threads`` only changes the calling
+    thread's OpenMP setting; it is restored afterwards."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _widen(boxes: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,9 +296,10 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     tv = torchvision_ops()
     if tv is not None and boxes.is_cuda and scores.dtype == boxes.dtype:
         return tv.nms(boxes, scores, iou_threshold)
-    if not _prefilter_is_safe(boxes, iou_threshold):
-        return nms_loop(boxes, scores, iou_threshold)
-    return _nms_sparse(boxes, scores, iou_threshold)
+    with _one_thread(boxes.device):
+        if not _prefilter_is_safe(boxes, iou_threshold):
+            return nms_loop(boxes, scores, iou_threshold)
+        return _nms_sparse(boxes, scores, iou_threshold)
 
 
 def batched_nms(
@@ -311,9 +331,10 @@ def batched_nms(
         shifted = boxes - low
         shifted[:, 0::2] += (group.to(boxes.dtype) * stride)[:, None]
         return tv.nms(shifted, scores, iou_threshold)
-    if not _prefilter_is_safe(boxes, iou_threshold):
-        return _batched_nms_loop(boxes, scores, idxs, iou_threshold)
-    return _nms_sparse(boxes, scores, iou_threshold, groups=idxs)
+    with _one_thread(boxes.device):
+        if not _prefilter_is_safe(boxes, iou_threshold):
+            return _batched_nms_loop(boxes, scores, idxs, iou_threshold)
+        return _nms_sparse(boxes, scores, iou_threshold, groups=idxs)
 
 
 def _batched_nms_loop(

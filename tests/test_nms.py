@@ -406,3 +406,29 @@ def test_nms_steps_shows_each_decision_of_the_loop():
     assert steps[0][1].tolist() == [1] and steps[1][1].tolist() == []
     assert nms_loop(boxes, scores, 0.5).tolist() == [0, 2]
     assert nms_loop(boxes[:0], scores[:0], 0.5).shape == (0,)
+
+
+def test_cpu_path_runs_on_one_thread_and_restores_the_setting(monkeypatch):
+    # The CPU path's ops are small: it runs them on the calling thread only (torch's pool only waits on a
+    # busy machine), and gives the caller its thread setting back, also after an error.
+    seen = []
+    sparse = nms_module._nms_sparse
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return sparse(*args, **kwargs)
+
+    monkeypatch.setattr(nms_module, "_nms_sparse", spy)
+    gen = torch.Generator().manual_seed(2)
+    boxes, scores = random_boxes(gen, 50, clusters=3), torch.rand(50, generator=gen)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(nms(boxes, scores, 0.5), nms_loop(boxes, scores, 0.5))
+        batched_nms(boxes, scores, torch.zeros(50, dtype=torch.long), 0.5)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        monkeypatch.setattr(nms_module, "_nms_sparse", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            nms(boxes, scores, 0.5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
