@@ -45,7 +45,7 @@ import torch
 
 from ._checks import check_boxes, check_size, check_tensor
 from .boxes import DEFAULT_DELTA_CLAMP, clip_boxes, decode_deltas, remove_small_boxes
-from .nms import batched_nms
+from .nms import batched_nms, batched_nms_per_image
 
 __all__ = ["select_candidates", "detect", "detect_batch"]
 
@@ -261,24 +261,10 @@ def detect_batch(
     boxes, scores, labels, roi_index, image = (t[big] for t in (boxes, scores, labels, roi_index, image))
     roi_index = roi_index - roi_start[image]
 
-    # One NMS for every (image, class) group; kept is by decreasing score, so a stable sort by image gives
-    # each image's detections in the order detect gives them.
-    kept = batched_nms(boxes, scores, image * class_logits.shape[1] + labels, nms_threshold)
-    kept = kept[torch.sort(image[kept], stable=True).indices]
-    num_kept, num_candidates = torch.stack(
-        [torch.bincount(i, minlength=num_images) for i in (image[kept], image)]
-    ).tolist()  # the one read of per-image counts
-    take = [min(n, max_detections) for n in num_kept]
-    starts = [sum(num_kept[:i]) for i in range(num_images)]
-    chosen = torch.cat([kept[s : s + n] for s, n in zip(starts, take, strict=True)])
+    # One NMS for every (image, class) group.
     fields = {"boxes": boxes, "scores": scores, "labels": labels, "roi_index": roi_index}
-    results = [{} for _ in range(num_images)]
-    for key, values in fields.items():
-        for result, part in zip(results, values[chosen].split(take), strict=True):
-            result[key] = part
-    if return_pre_nms:
-        for key, values in fields.items():
-            for result, part in zip(results, values.split(num_candidates), strict=True):
-                result["pre_nms_" + key] = part
-    return results
+    groups = image * class_logits.shape[1] + labels
+    return batched_nms_per_image(
+        fields, groups, image, num_images, nms_threshold, max_detections, return_pre_nms
+    )
 

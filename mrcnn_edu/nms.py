@@ -56,7 +56,7 @@ from ._checks import check_boxes, check_tensor
 from ._tv import torchvision_ops
 from .boxes import box_dtype, box_iou, matched_box_iou
 
-__all__ = ["nms_steps", "nms_loop", "nms", "batched_nms"]
+__all__ = ["nms_steps", "nms_loop", "nms", "batched_nms", "batched_nms_per_image"]
 
 
 def _check_args(
@@ -335,6 +335,46 @@ def batched_nms(
         if not _prefilter_is_safe(boxes, iou_threshold):
             return _batched_nms_loop(boxes, scores, idxs, iou_threshold)
         return _nms_sparse(boxes, scores, iou_threshold, groups=idxs)
+
+
+def batched_nms_per_image(
+    fields: dict[str, torch.Tensor],
+    groups: torch.Tensor,
+    image: torch.Tensor,
+    num_images: int,
+    iou_threshold: float,
+    max_per_image: int,
+    return_pre_nms: bool = False,
+) -> list[dict[str, torch.Tensor]]:
+    """:func:`batched_nms` over the candidates of a whole batch, then each image's best ``max_per_image``.
+
+    fields: ``[C, ...]`` tensors of the candidates of all images, grouped by image in image order, among
+        them ``"boxes"`` ``[C, 4]`` and ``"scores"`` ``[C]``.
+    groups: int64 ``[C]`` NMS groups, never shared by two images (e.g. ``image * G + class``).
+    image: int64 ``[C]`` image of each candidate, ``0 .. num_images - 1``.
+    Returns ``num_images`` dicts holding every field of the image's kept candidates, by decreasing score
+    (equal scores in input order): what :func:`batched_nms` on that image's candidates alone, cut to
+    ``max_per_image``, keeps. With ``return_pre_nms`` each also holds ``"pre_nms_<field>"``: all the image's
+    candidates, in input order. The per-image counts are read to the host once, whatever the batch size.
+    """
+    kept = batched_nms(fields["boxes"], fields["scores"], groups, iou_threshold)
+    # kept is by decreasing score: a stable sort by image keeps that order within each image.
+    kept = kept.index_select(0, torch.sort(image.index_select(0, kept), stable=True).indices)
+    num_kept, num_candidates = torch.stack(
+        [torch.bincount(i, minlength=num_images) for i in (image.index_select(0, kept), image)]
+    ).tolist()
+    starts = [sum(num_kept[:i]) for i in range(num_images)]
+    take = [min(n, max_per_image) for n in num_kept]
+    chosen = torch.cat([kept[s : s + n] for s, n in zip(starts, take, strict=True)])
+    results: list[dict[str, torch.Tensor]] = [{} for _ in range(num_images)]
+    for key, values in fields.items():
+        for result, part in zip(results, values.index_select(0, chosen).split(take), strict=True):
+            result[key] = part
+    if return_pre_nms:
+        for key, values in fields.items():
+            for result, part in zip(results, values.split(num_candidates), strict=True):
+                result["pre_nms_" + key] = part
+    return results
 
 
 def _batched_nms_loop(

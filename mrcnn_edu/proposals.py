@@ -73,7 +73,7 @@ import torch
 
 from ._checks import check_boxes, check_size, check_tensor
 from .boxes import DEFAULT_DELTA_CLAMP, clip_boxes, decode_deltas, remove_small_boxes
-from .nms import batched_nms, nms
+from .nms import batched_nms, batched_nms_per_image, nms
 
 __all__ = [
     "two_logit_objectness",
@@ -316,28 +316,12 @@ def propose(
     anchor_index = top.flatten().index_select(0, candidate)
     levels = levels_of_anchor.index_select(0, anchor_index)
 
-    # NMS of all images at once, each image (and level) its own group. kept comes by decreasing score, so a
-    # stable sort by image gives each image's kept boxes in the order nms_proposals gives them.
-    groups = image * len(counts) + levels if per_level else image
-    kept = batched_nms(boxes, scores, groups, nms_threshold)
-    kept = kept.index_select(0, torch.sort(image.index_select(0, kept), stable=True).indices)
-    # The one read of per-image counts: boxes kept by NMS, and candidates (for return_pre_nms).
-    num_kept, num_candidates = torch.stack(
-        [torch.bincount(i, minlength=num_images) for i in (image.index_select(0, kept), image)]
-    ).tolist()
-    starts = [sum(num_kept[:i]) for i in range(num_images)]
-    take = [min(n, post_nms_top_n) for n in num_kept]
-    chosen = torch.cat([kept[s : s + n] for s, n in zip(starts, take, strict=True)])
+    # NMS of all images at once, each image (and with per_level each of its levels) its own group.
     fields = {"boxes": boxes, "scores": scores, "anchor_index": anchor_index, "levels": levels}
-    results = [{} for _ in range(num_images)]
-    for key, values in fields.items():
-        for result, part in zip(results, values.index_select(0, chosen).split(take), strict=True):
-            result[key] = part
-    if return_pre_nms:
-        for key, values in fields.items():
-            for result, part in zip(results, values.split(num_candidates), strict=True):
-                result["pre_nms_" + key] = part
-    return results
+    groups = image * len(counts) + levels if per_level else image
+    return batched_nms_per_image(
+        fields, groups, image, num_images, nms_threshold, post_nms_top_n, return_pre_nms
+    )
 
 
 def propose_loop(
