@@ -338,3 +338,14 @@ def test_pad_and_snap_bad_input():
         pad_masks_and_snap_boxes(torch.ones(1, 2, 2), torch.zeros(1, 4), padding=-1)
     with pytest.raises(ValueError, match="one row per mask"):
         pad_masks_and_snap_boxes(torch.ones(2, 2, 2), torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_snapped_boxes_of_half_precision_boxes_are_the_float32_ones(dtype):
+    # Coordinates near 1000 px step by 0.5 (float16) or 4 (bfloat16): the enlarged corners would be
+    # truncated to the wrong pixel. The arithmetic runs in float32 on the same values.
+    boxes = torch.tensor([[901.5, 433.0, 1201.0, 811.5], [10.0, 20.0, 17.5, 30.0]]).to(dtype)
+    masks = torch.rand(2, 28, 28)
+    padded, snapped = pad_masks_and_snap_boxes(masks, boxes)
+    want_padded, want = pad_masks_and_snap_boxes(masks, boxes.float())
+    assert snapped.dtype == torch.float32 and torch.equal(snapped, want) and torch.equal(padded, want_padded)
