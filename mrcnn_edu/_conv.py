@@ -25,6 +25,7 @@ def _onednn(input: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d) -> bool:
         and not isinstance(conv.padding, str)
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
+        and hasattr(torch, "mkldnn_convolution")  # (an op of torch's own API, not a documented one)
         and torch.backends.mkldnn.enabled
     )
 
