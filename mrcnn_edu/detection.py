@@ -191,6 +191,9 @@ def detect(
     return result
 
 
+_READABLE = detect
+
+
 def detect_batch(
     class_logits: torch.Tensor,
     box_deltas: torch.Tensor,
@@ -236,6 +239,18 @@ def detect_batch(
     num_images = len(proposals)
     if num_images == 0:
         return []
+    if detect is not _READABLE:  # an exercise swapped a student's detect in (mrcnn_edu.exercises): per image
+        options = dict(
+            score_threshold=score_threshold, nms_threshold=nms_threshold, max_detections=max_detections,
+            weights=weights, candidates=candidates, min_size=min_size, clamp=clamp,
+            return_pre_nms=return_pre_nms,
+        )  # fmt: skip
+        return [
+            detect(logits, deltas, rois, size, **options)
+            for logits, deltas, rois, size in zip(
+                class_logits.split(counts), box_deltas.split(counts), proposals, image_sizes, strict=True
+            )
+        ]
     rois = torch.cat(proposals)
     box_deltas = _check_detect_args(
         class_logits, box_deltas, rois, image_sizes[0], score_threshold, nms_threshold, max_detections,
