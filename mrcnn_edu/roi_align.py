@@ -578,7 +578,9 @@ def _roi_pool_bin_edges(rois: torch.Tensor, scale: float, oh: int, ow: int, h: i
     size_h = (corners[:, 3] - corners[:, 1] + 1).clamp(min=1)
 
     def bin_edges(first, size, bins, limit):  # [K] -> start, end [K, bins] in cells, clipped to the map
-        step = (size.to(rois.dtype) / bins)[:, None]
+        # A correctly rounded division, as torchvision's kernels do: on CUDA, dividing by a Python number
+        # multiplies by its reciprocal, whose last bit moves floor/ceil at whole cells (seen on an H200).
+        step = (size.to(rois.dtype) / torch.full_like(size, bins, dtype=rois.dtype))[:, None]
         p = torch.arange(bins, device=rois.device, dtype=rois.dtype)
         start = torch.floor(p * step).long() + first[:, None]
         end = torch.ceil((p + 1) * step).long() + first[:, None]

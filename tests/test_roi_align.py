@@ -614,6 +614,10 @@ def test_cuda_matches_cpu(monkeypatch, use_torchvision):
             roi_align(x, rois, 3, 0.5, sampling_ratio),
         )
     torch.testing.assert_close(roi_pool(x.cuda(), rois.cuda(), 3, 0.5).cpu(), roi_pool(x, rois, 3, 0.5))
+    # 200 boxes, many reaching past the map, at 7x7: bin edges at whole cells computed with a reciprocal on
+    # CUDA moved by one cell (benchmarks/gpu_check.py on an H200)
+    far = random_rois(gen, 200, 2, (40.0, 40.0), 30.0)
+    torch.testing.assert_close(roi_pool(x.cuda(), far.cuda(), 7, 0.5).cpu(), roi_pool(x, far, 7, 0.5))
     torch.testing.assert_close(
         crop_and_resize(x.cuda(), boxes.cuda(), index.cuda(), 4).cpu(), crop_and_resize(x, boxes, index, 4)
     )
