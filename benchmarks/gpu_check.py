@@ -132,8 +132,6 @@ def section_env(device: torch.device, tiny: bool) -> dict:
             gpu_memory_gib=round(props.total_memory / 2**30, 1),
             multiprocessors=props.multi_processor_count,
         )
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    row["mrcnn_edu_commit"] = commit.stdout.strip() or None
     return row
 
 

@@ -286,6 +286,28 @@ def test_batched_propose_is_identical_to_the_loop(per_level, seed):
     assert any(len(r["pre_nms_boxes"]) < top_k for r in loop)  # the filters removed some
 
 
+@pytest.mark.parametrize("per_level", [False, True])
+def test_nms_image_by_image_where_torchvision_runs_it(per_level, monkeypatch):
+    # Where torchvision's CUDA kernel does the NMS, each image gets its own call (its cost grows with the
+    # square of the boxes of one call): the result is the same. Forced here on the CPU, with our nms behind.
+    import mrcnn_edu.nms as nms_module
+
+    objectness, deltas, anchors = _random_case(3, batch=4, num_anchors=600)
+    sizes = [(64, 64), (40, 64), (64, 30), (20, 20)]
+    kwargs = dict(num_anchors_per_level=[100, 200, 300], pre_nms_top_n=150, post_nms_top_n=40,
+                  per_level=per_level, nms_threshold=0.6)  # fmt: skip
+    whole = propose(objectness, deltas, anchors, sizes, **kwargs)
+    calls = []
+    batched = nms_module.batched_nms
+    monkeypatch.setattr(nms_module, "_torchvision_runs", lambda boxes: True)
+    monkeypatch.setattr(nms_module, "batched_nms", lambda *a: calls.append(len(a[0])) or batched(*a))
+    each = propose(objectness, deltas, anchors, sizes, **kwargs)
+    assert len(calls) == 4
+    for a, b in zip(whole, each, strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
 def test_min_size_and_score_threshold():
     anchors = torch.tensor([[0.0, 0.0, 2.0, 2.0], [10.0, 0.0, 15.0, 5.0], [20.0, 0.0, 30.0, 10.0]])
     objectness = torch.tensor([[_logit(0.9), _logit(0.4), _logit(0.6)]])
