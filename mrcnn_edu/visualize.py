@@ -446,7 +446,7 @@ def show_suppression(
     title: str | None = None,
 ) -> Axes:
     """One decision of greedy NMS (:func:`mrcnn_edu.nms.nms_steps` yields them): the box kept, solid in
-    ``color``, and the boxes it suppressed, dashed grey.
+    ``color``, and the boxes it suppressed, dashed light grey on top of it.
 
     boxes: ``[N, 4]`` float pixel xyxy, all the candidates; kept: the index of the kept box; suppressed:
     ``[S]`` integer indices of the boxes it removed; scores: ``[N]`` float, captions the kept box and, in the
@@ -472,11 +472,12 @@ def show_suppression(
         check_tensor("earlier", earlier, ndim=1, kind="index")
         done = box_array[earlier.detach().cpu().numpy()]
         _draw_boxes(ax, done, ["white"] * len(done), linewidth=0.8, linestyle=":")
-    gone = box_array[suppressed.numpy()]
-    _draw_boxes(ax, gone, ["0.55"] * len(gone), linewidth=1.0, linestyle="--")
     caption = None if scores is None else [f"{scores[int(kept)].item():.2f}"]
     _draw_boxes(ax, box_array[[int(kept)]], [color], caption, linewidth=2.0, image_height=pixels.shape[0],
                 halo=True)  # fmt: skip
+    # on top of the kept box, which they often nearly coincide with; the halo keeps them visible on any colour
+    gone = box_array[suppressed.numpy()]
+    _draw_boxes(ax, gone, ["0.85"] * len(gone), linewidth=1.0, linestyle="--", halo=True)
     return ax
 
 

@@ -604,10 +604,11 @@ def test_show_suppression_kept_solid_suppressed_dashed_counts_in_title():
     ax = V.show_suppression(gray_image(), boxes, 0, torch.tensor([1, 2]), scores=scores,
                             earlier=torch.tensor([3]), color="red")  # fmt: skip
     assert ax.get_title() == "box 0 kept, 2 suppressed (best 0.80)"
-    earlier, *gone, kept = rectangles(ax)
+    earlier, kept, *gone = rectangles(ax)  # the suppressed boxes last, on top of the kept one
     assert earlier.get_linestyle() == ":" and earlier.get_xy() == pytest.approx((8.5, 8.5))
     assert [r.get_linestyle() for r in gone] == ["--", "--"]
-    assert all(r.get_edgecolor()[:3] == pytest.approx((0.55,) * 3) for r in gone)
+    assert [r.get_xy() for r in gone] == [pytest.approx((0.5, 0.5)), pytest.approx((-0.5, 0.5))]
+    assert all(r.get_edgecolor()[:3] == pytest.approx((0.85,) * 3) for r in gone)
     assert kept.get_linestyle() == "-" and kept.get_edgecolor()[:3] == (1.0, 0.0, 0.0)
     assert texts(ax) == ["0.90"]
     none = V.show_suppression(gray_image(), boxes, 3, torch.zeros(0, dtype=torch.int64))
