@@ -598,9 +598,11 @@ def test_user_errors_print_no_traceback(tmp_path):
 
 def test_init_starts_every_weight_from_the_shipped_model_or_a_checkpoint(trained, tmp_path, capsys):
     data = tmp_path / "own"
-    assert main(["export-shapes", "--out", str(data), "--num-images", "8", "--categories", "cat,dog,bird"]) == 0
+    export = ["export-shapes", "--out", str(data), "--num-images", "8", "--categories", "cat,dog,bird"]
+    assert main(export) == 0
     train_json = str(data / "annotations" / "instances_train.json")
-    common = ["train", "--train-coco", train_json, "--log-every", "1", "--set", "steps=1", "--set", "batch_size=4"]
+    common = ["train", "--train-coco", train_json, "--log-every", "1", "--set", "steps=1", "--set",
+              "batch_size=4"]  # fmt: skip
 
     def first_loss(out):
         return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["total"]
@@ -613,8 +615,8 @@ def test_init_starts_every_weight_from_the_shipped_model_or_a_checkpoint(trained
     # a checkpoint with other layers (the tiny settings of `trained`) is refused, naming a tensor
     code, _, err = run([*common, "--out", str(tmp_path / "x"), "--init", str(trained / "last.pt")], capsys)
     assert code == 2 and "do not fit" in err and ("mask_head" in err or "box_head" in err), err
-    for extra, words in ((["--init", str(tmp_path / "none.pt")], "no such file"),
-                         (["--init", "shapes", "--backbone-weights", "imagenet:x.pth"], "choose one")):  # fmt: skip
+    both = ["--init", "shapes", "--backbone-weights", "imagenet:x.pth"]
+    for extra, words in ((["--init", str(tmp_path / "none.pt")], "no such file"), (both, "choose one")):
         code, _, err = run([*common, "--out", str(tmp_path / "y"), *extra], capsys)
         assert code == 2 and words in err, err
     code, _, err = run(["train", "--out", str(tmp_path / "init"), "--resume", "--init", "shapes"], capsys)
