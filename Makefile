@@ -15,7 +15,7 @@ bench:
 	.venv/bin/python benchmarks/ops.py
 	.venv/bin/python benchmarks/model.py
 
-# Every notebook executed and rendered to docs/notebooks/*.html (MRCNN_EDU_FAST=1 for a quick, rough render).
+# Every notebook executed and rendered to docs/notebooks/*.html (about a minute or two in all on 2 cores).
 notebooks:
 	bash scripts/setup.sh test
 	.venv/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=1800 \

@@ -48,8 +48,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SECTIONS = ("env", "ops", "tests", "shapes", "train", "infer", "ddp")
+EXTRA_SECTIONS = ("profile",)  # run only when named in --only
 # seconds per section on a GPU machine; --tiny runs on a CPU get the same limits
-LIMITS = {"env": 60, "ops": 90, "tests": 150, "shapes": 150, "train": 120, "infer": 90, "ddp": 120}
+LIMITS = {
+    "profile": 120,
+    "env": 45,
+    "ops": 75,
+    "tests": 150,
+    "shapes": 120,
+    "train": 90,
+    "infer": 75,
+    "ddp": 75,
+}
 
 
 class Skip(Exception):
@@ -122,8 +132,6 @@ def section_env(device: torch.device, tiny: bool) -> dict:
             gpu_memory_gib=round(props.total_memory / 2**30, 1),
             multiprocessors=props.multi_processor_count,
         )
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    row["mrcnn_edu_commit"] = commit.stdout.strip() or None
     return row
 
 
@@ -161,8 +169,8 @@ def _compare_ops(ops, tv, x32, rois32, boxes, groups, dtype, backward: bool) -> 
         ours = ops.roi_align(x, rois, 7, 0.25, 2, aligned)
         ref = tv.ops.roi_align(x.float(), rois.float(), 7, 0.25, 2, aligned)
         out[f"roi_align_aligned={aligned}_max_diff"] = float((ours.float() - ref).abs().max())
-    if backward:
-        xg, xr = x.float().requires_grad_(), x.float().requires_grad_()
+    if backward:  # fresh leaves (x.float() of a float32 x would be x itself, shared by both)
+        xg, xr = (x.detach().float().clone().requires_grad_() for _ in range(2))
         ops.roi_align(xg.to(dtype), rois, 7, 0.25, 2, False).float().square().sum().backward()
         tv.ops.roi_align(xr, rois.float(), 7, 0.25, 2, False).square().sum().backward()
         out["roi_align_grad_max_rel_diff"] = float((xg.grad - xr.grad).abs().max() / xr.grad.abs().max())
@@ -180,6 +188,32 @@ def _compare_ops(ops, tv, x32, rois32, boxes, groups, dtype, backward: bool) -> 
     ref = tv.ops.batched_nms(boxes.float(), scores.float(), groups, 0.5).tolist()
     out["batched_nms_same_keep"] = keep == ref
     return out
+
+
+def _roi_pool_diagnosis(ops, tv, x, rois) -> dict:
+    """roi_pool on the device against the same call on the CPU, ours and torchvision's, and the worst bin."""
+    from mrcnn_edu.roi_align import roi_pool_bins
+
+    x, rois = x.detach(), rois.detach()
+    ours, theirs = ops.roi_pool(x, rois, 7, 0.25), tv.ops.roi_pool(x, rois, 7, 0.25)
+    ours_cpu = ops.roi_pool(x.cpu(), rois.cpu(), 7, 0.25)
+    theirs_cpu = tv.ops.roi_pool(x.cpu(), rois.cpu(), 7, 0.25)
+    gap = (ours - theirs).abs()
+    k, c, ph, pw = (int(i) for i in torch.unravel_index(gap.argmax(), gap.shape))
+    return {
+        "ours_device_vs_cpu": float((ours.cpu() - ours_cpu).abs().max()),
+        "torchvision_device_vs_cpu": float((theirs.cpu() - theirs_cpu).abs().max()),
+        "ours_cpu_vs_torchvision_cpu": float((ours_cpu - theirs_cpu).abs().max()),
+        "rois_differing": int((gap.flatten(1).amax(1) > 1e-6).sum()),
+        "worst": {
+            "roi": rois[k].tolist(),
+            "channel_bin": [c, ph, pw],
+            "ours": float(ours[k, c, ph, pw]),
+            "torchvision": float(theirs[k, c, ph, pw]),
+            "ours_cpu": float(ours_cpu[k, c, ph, pw]),
+            "bin_cells": roi_pool_bins(rois[k, 1:].cpu(), 7, tuple(x.shape[-2:]), 0.25)[ph, pw].tolist(),
+        },
+    }
 
 
 def section_ops(device: torch.device, tiny: bool) -> dict:
@@ -220,6 +254,8 @@ def section_ops(device: torch.device, tiny: bool) -> dict:
                 except Exception as e:  # a dtype a kernel refuses is a finding, not the end of the section
                     out = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
                 row[f"{path}_{tag}"] = out
+            if device.type == "cuda" and kernels == "compiled":  # where a CUDA roi_pool differs, and whose
+                row[f"{path}_roi_pool_diagnosis"] = _roi_pool_diagnosis(ops, tv, x32, rois32)
             # a large float32 NMS, as the proposal layer runs it: 6000 boxes, IoU 0.7
             boxes = _random_boxes(gen, 600 if tiny else 6000, 1333.0, device)
             scores = torch.rand(len(boxes), generator=gen).to(device)
@@ -268,6 +304,10 @@ def section_tests(device: torch.device, tiny: bool) -> dict:
     if done.returncode == 5 or "no tests ran" in (lines[-1] if lines else ""):
         return {"ok": True, "summary": lines[-1] if lines else "", "note": "no test selected"}
     failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    if done.returncode:  # the whole report of the failures, for the record
+        (Path(os.environ.get("GPU_CHECK_OUT", ".")) / "tests_pytest.txt").write_text(
+            done.stdout + done.stderr
+        )
     return {
         "ok": done.returncode == 0,
         "summary": lines[-1] if lines else done.stderr[-500:],
@@ -288,7 +328,11 @@ def section_shapes(device: torch.device, tiny: bool) -> dict:
     train_set, val_set = shapes_splits(config, val_images=4 if tiny else 100)
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        summary = train(config, train_set, None, out_dir=out, device=device, progress=False)
+        # generating images on the CPU holds so small a model back: worker processes on a GPU machine
+        workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+        summary = train(
+            config, train_set, None, out_dir=out, device=device, progress=False, num_workers=workers
+        )
         _sync(device)
         seconds = time.perf_counter() - start
     model = summary["model"].eval()
@@ -451,6 +495,62 @@ def section_ddp(device: torch.device, tiny: bool) -> dict:
     }
 
 
+def section_profile(device: torch.device, tiny: bool) -> dict:
+    """Where a training step's time goes (run it with ``--only profile``): the operators with the most device
+    time and the host synchronisations, for the shapes preset (batch 8, 128 px) and for R50-FPN (bf16,
+    800x1333), ours and torchvision's; the tables go to ``profile.txt`` beside the report."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from mrcnn_edu.config import Config
+    from mrcnn_edu.data import ShapesDataset
+    from mrcnn_edu.model import MaskRCNN
+
+    amp = "bf16" if device.type == "cuda" else "none"
+    shapes = Config.preset("shapes")
+    size, batch = ((128, 160), 1) if tiny else ((800, 1333), 8)
+    ours, theirs = _same_recipe_pair(device, min(size), max(size))
+    torch.manual_seed(0)
+    cases = {
+        "shapes_mrcnn_edu": (MaskRCNN(shapes).to(device), (128, 128), 8),
+        "r50_mrcnn_edu": (ours, size, batch),
+    }
+    if _torchvision()[1] == "compiled":
+        cases["r50_torchvision"] = (theirs, size, batch)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    syncs = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::_local_scalar_dense", "aten::nonzero")
+    row, tables = {}, []
+    for name, (model, image_size, n) in cases.items():
+        items = [ShapesDataset(n, image_size, seed=0)[i] for i in range(n)]
+        images = [im.to(device) for im, _ in items]
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for _, t in items]
+        model.train()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+        def step(model=model, opt=opt, images=images, targets=targets):
+            with _autocast(device, amp):
+                loss = sum(model(images, [dict(t) for t in targets]).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        seconds = _median_seconds(step, device, 3, warmup=2)
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                step()
+            _sync(device)
+        events = prof.key_averages()
+        counts = {k: sum(e.count for e in events if e.key == k) / 3 for k in syncs}
+        row[name] = {"s_per_step": seconds, "per_step": counts}
+        key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        try:
+            table = events.table(sort_by=key, row_limit=25)
+        except (AttributeError, KeyError, ValueError):
+            table = events.table(sort_by="self_cuda_time_total", row_limit=25)
+        tables.append(f"== {name}: {seconds * 1e3:.1f} ms/step; per step: {counts}\n{table}\n")
+    (Path(os.environ.get("GPU_CHECK_OUT", ".")) / "profile.txt").write_text("\n".join(tables))
+    return row
+
+
 # ------------------------------------------------------------------------------------------- driver
 
 
@@ -499,6 +599,9 @@ def _one_line(name: str, row: dict) -> str:
             + " (ours / tv time)"
         ),
         "ddp": lambda r: f"{r['backend']}, saved step {r['saved_step']}",
+        "profile": lambda r: ", ".join(
+            f"{k} {v['s_per_step'] * 1e3:.0f} ms/step" for k, v in r.items() if isinstance(v, dict)
+        ),
     }
     try:
         return pick[name](row)
@@ -523,7 +626,7 @@ def main(argv=None) -> int:
         return 0
 
     names = args.only.split(",") if args.only else list(SECTIONS)
-    unknown = sorted(set(names) - set(SECTIONS))
+    unknown = sorted(set(names) - set(SECTIONS) - set(EXTRA_SECTIONS))
     if unknown:
         print(
             f"gpu_check: --only: unknown section(s) {unknown}; choose from {list(SECTIONS)}", file=sys.stderr
@@ -535,8 +638,9 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    os.environ["GPU_CHECK_OUT"] = str(out)  # (sections in subprocesses write their long logs there)
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M"),

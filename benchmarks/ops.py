@@ -37,7 +37,15 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {gpu}"
+    from mrcnn_edu._tv import torchvision_ops
+
+    if torchvision_ops() is not None:
+        import torchvision
+
+        tv = f"torchvision {torchvision.__version__} (its compiled kernels)"
+    else:
+        tv = "torchvision's compiled kernels do not load here (no torchvision rows)"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {gpu}; {tv}"
 
 
 def main(argv=None) -> int:
@@ -64,12 +72,13 @@ def main(argv=None) -> int:
         print(f"| {r['op']} | {r['impl']} | {r['device']} | {r['threads']} | {r['case']} | {r['ms']:.1f} |")
     print()
     for op in ops:
-        ref = [r for r in rows if r["op"] == op and r["impl"].startswith("onnxruntime")]
-        if not ref:
-            continue
-        for r in rows:
-            if r["op"] == op and r["device"] == "cpu" and r is not ref[0]:
-                print(f"{op}: {r['impl']} / {ref[0]['impl']} = {r['ms'] / ref[0]['ms']:.2f}x")
+        for prefix in ("onnxruntime", "torchvision"):
+            ref = [r for r in rows if r["op"] == op and r["device"] == "cpu" and r["impl"].startswith(prefix)]
+            if not ref:
+                continue
+            for r in rows:
+                if r["op"] == op and r["device"] == "cpu" and not r["impl"].startswith(prefix):
+                    print(f"{op}: {r['impl']} / {ref[0]['impl']} = {r['ms'] / ref[0]['ms']:.2f}x")
     return 0
 
 

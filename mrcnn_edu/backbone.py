@@ -70,9 +70,11 @@ import torch
 from torch import nn
 
 from ._checks import check_tensor
+from ._conv import Conv2d
 
 __all__ = [
     "FrozenBatchNorm2d",
+    "conv_norm",
     "BasicBlock",
     "Bottleneck",
     "ResNet",
@@ -117,9 +119,13 @@ class FrozenBatchNorm2d(nn.Module):
         state_dict.pop(prefix + "num_batches_tracked", None)  # a BatchNorm2d counter, meaningless here
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel ``(scale, shift)`` of ``y = x * scale + shift``, each ``[C]`` float32."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale_shift()
         # Cast so that half-precision activations stay half precision (the buffers are float32); addcmul
         # is one pass over x where "x * scale + shift" is two.
         scale, shift = scale.to(x.dtype)[None, :, None, None], shift.to(x.dtype)[None, :, None, None]
@@ -129,13 +135,32 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(x))``, with a :class:`FrozenBatchNorm2d` folded into the convolution.
+
+    A frozen normalisation is a fixed per-channel ``y = c * scale + shift``, and a convolution is linear in
+    its weights, so ``conv(x, W) * scale + shift = conv(x, W * scale) + shift``: scaling the weights (a few
+    thousand numbers per layer) replaces a pass over the whole output map (millions), and the shift becomes
+    the convolution's bias. Same values up to float rounding, gradients included (they reach ``W`` through
+    the product). Any other normalisation (BatchNorm2d, which learns from its batch) runs after the conv.
+
+    x: ``[B, C_in, H, W]``. Returns ``[B, C_out, H', W']``.
+    """
+    if not isinstance(norm, FrozenBatchNorm2d):
+        return norm(conv(x))
+    scale, shift = norm.scale_shift()
+    weight = conv.weight * scale.to(conv.weight.dtype)[:, None, None, None]
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    return conv._conv_forward(x, weight, bias.to(weight.dtype))
+
+
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     # No bias: the normalisation right after has its own shift.
-    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+    return Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 def _conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
+    return Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
 
 
 class BasicBlock(nn.Module):
@@ -157,9 +182,9 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
+        shortcut = x if self.downsample is None else conv_norm(*self.downsample, x)
+        y = self.relu(conv_norm(self.conv1, self.bn1, x))
+        y = conv_norm(self.conv2, self.bn2, y)
         y += shortcut  # in place: y is this block's own new tensor, and one allocation less per block
         return self.relu(y)
 
@@ -185,10 +210,10 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
+        shortcut = x if self.downsample is None else conv_norm(*self.downsample, x)
+        y = self.relu(conv_norm(self.conv1, self.bn1, x))
+        y = self.relu(conv_norm(self.conv2, self.bn2, y))
+        y = conv_norm(self.conv3, self.bn3, y)
         y += shortcut  # in place: y is this block's own new tensor, and one allocation less per block
         return self.relu(y)
 
@@ -241,7 +266,7 @@ class ResNet(nn.Module):
         self.norm = norm
 
         # Stem: 7x7 stride 2 then 3x3 max-pool stride 2 -> stride 4 before layer1.
-        self.conv1 = nn.Conv2d(3, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.conv1 = Conv2d(3, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = norm_layer(stem_width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -303,7 +328,7 @@ class ResNet(nn.Module):
         check_tensor("x", x, ndim=4, kind="float")
         if x.shape[1] != 3:
             raise ValueError(f"x must be an image batch [B, 3, H, W], got shape {tuple(x.shape)}")
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)

@@ -18,6 +18,13 @@ where ``(ax, ay, aw, ah)`` are the reference box's centre and size and ``g`` the
 multiplied by a per-coordinate weight so the four targets have similar spread: torchvision's weights
 ``(10, 10, 5, 5)`` for the box head are exactly matterport's ``BBOX_STD_DEV = [0.1, 0.1, 0.2, 0.2]``
 (``weight = 1 / std``); the RPN uses ``(1, 1, 1, 1)`` in torchvision and the same 1/std in matterport.
+
+Dtypes: every function here computes in float32 or wider, whatever the input dtype, and returns that dtype
+(:func:`box_dtype`: float32 for float16 / bfloat16 boxes, the input's own dtype for float32 / float64).
+Half precision cannot do box arithmetic: float16's largest number is 65504, so the area of a 300 x 300 box
+is ``inf`` (and its IoU NaN), and near 1000 px its coordinates step by 0.5 px; bfloat16 keeps the range but
+steps by 4 px there. Such tensors appear under ``torch.autocast`` on a GPU. torchvision likewise computes
+IoUs in float32 (its ``_upcast``) and its CPU ``nms`` kernel refuses float16.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import torch
 from ._checks import check_boxes, check_same_device, check_size, check_tensor
 
 __all__ = [
+    "box_dtype",
     "box_area",
     "box_iou",
     "matched_box_iou",
@@ -48,13 +56,24 @@ __all__ = [
 DEFAULT_DELTA_CLAMP = math.log(1000.0 / 16)
 
 
+def box_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype box arithmetic runs in for boxes of ``dtype``: at least float32 (module docstring)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _wide(boxes: torch.Tensor) -> torch.Tensor:
+    """``boxes`` in :func:`box_dtype` (the same tensor, no copy, when it is float32 or float64 already)."""
+    return boxes.to(box_dtype(boxes.dtype))
+
+
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
     """Area of each box.
 
-    boxes: ``[..., 4]`` float ``(x1, y1, x2, y2)``. Returns ``[...]``; boxes with ``x2 < x1`` or
-    ``y2 < y1`` have area 0.
+    boxes: ``[..., 4]`` float ``(x1, y1, x2, y2)``. Returns ``[...]`` in :func:`box_dtype` (float32 for
+    half-precision boxes, whose areas overflow); boxes with ``x2 < x1`` or ``y2 < y1`` have area 0.
     """
     check_boxes("boxes", boxes, ndim=range(1, 8))
+    boxes = _wide(boxes)
     return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
 
 
@@ -72,15 +91,22 @@ def _iou(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], area_a, area_
     return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
 
 
+def _common_wide(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = box_dtype(torch.promote_types(a.dtype, b.dtype))
+    return a.to(dtype), b.to(dtype)
+
+
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Pairwise intersection over union, as ``torchvision.ops.box_iou``.
 
     boxes1: ``[N, 4]``, boxes2: ``[M, 4]``.
-    Returns ``[N, M]`` with ``iou[i, j] = |b1_i ∩ b2_j| / |b1_i ∪ b2_j|``.
+    Returns ``[N, M]`` with ``iou[i, j] = |b1_i ∩ b2_j| / |b1_i ∪ b2_j|``, in the :func:`box_dtype` of the
+    two inputs' common dtype (float32 for half precision, as torchvision).
     A pair whose union is empty (two zero-area boxes) has IoU 0, not NaN.
     """
     check_boxes("boxes1", boxes1)
     check_boxes("boxes2", boxes2)
+    boxes1, boxes2 = _common_wide(boxes1, boxes2)
     # Coordinate columns [N, 1] against [M] (no [N, M, 2] temporaries: the RPN target layer calls this
     # with M in the hundreds of thousands).
     return _iou(
@@ -94,7 +120,8 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
 def matched_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """IoU of each pair ``(boxes1[e], boxes2[e])``: the diagonal of :func:`box_iou` without the matrix.
 
-    boxes1, boxes2: ``[E, 4]``. Returns ``[E]``, bit-identical to ``box_iou(boxes1, boxes2).diagonal()``.
+    boxes1, boxes2: ``[E, 4]``. Returns ``[E]`` (dtype as :func:`box_iou`), bit-identical to
+    ``box_iou(boxes1, boxes2).diagonal()``.
     """
     check_boxes("boxes1", boxes1)
     check_boxes("boxes2", boxes2)
@@ -102,16 +129,19 @@ def matched_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"boxes1 and boxes2 must have the same shape, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
         )
+    boxes1, boxes2 = _common_wide(boxes1, boxes2)
     return _iou(tuple(boxes1.T), tuple(boxes2.T), box_area(boxes1), box_area(boxes2))
 
 
 def clip_boxes(boxes: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
     """Clip boxes to the image ``[0, width] x [0, height]``.
 
-    boxes: ``[..., 4]``; image_size: ``(height, width)``. Returns a new tensor of the same shape.
+    boxes: ``[..., 4]``; image_size: ``(height, width)``. Returns a new tensor of the same shape, in
+    :func:`box_dtype` (float16 cannot hold every width above 2048).
     """
     check_boxes("boxes", boxes, ndim=range(1, 8))
     h, w = check_size("image_size", image_size)
+    boxes = _wide(boxes)
     x = boxes[..., 0::2].clamp(min=0, max=w)
     y = boxes[..., 1::2].clamp(min=0, max=h)
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
@@ -120,9 +150,11 @@ def clip_boxes(boxes: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
 def remove_small_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     """Indices of boxes at least ``min_size`` wide and high, as ``torchvision.ops.remove_small_boxes``.
 
-    boxes: ``[N, 4]``. Returns int64 ``[K]`` indices into ``boxes``, in increasing order.
+    boxes: ``[N, 4]``. Returns int64 ``[K]`` indices into ``boxes``, in increasing order. Sizes are computed
+    in :func:`box_dtype`.
     """
     check_boxes("boxes", boxes)
+    boxes = _wide(boxes)
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
     return torch.nonzero((w >= min_size) & (h >= min_size)).flatten()
@@ -166,9 +198,11 @@ def box_convert(boxes: torch.Tensor, in_fmt: str, out_fmt: str) -> torch.Tensor:
     """Convert between box formats, as ``torchvision.ops.box_convert`` plus matterport's ``yxyx``.
 
     boxes: ``[..., 4]``. Formats: ``xyxy`` (mrcnn_edu, torchvision), ``xywh`` (COCO json), ``cxcywh`` (centre
-    and size), ``yxyx`` (matterport: ``y1, x1, y2, x2``). Returns ``[..., 4]`` in ``out_fmt``.
+    and size), ``yxyx`` (matterport: ``y1, x1, y2, x2``). Returns ``[..., 4]`` in ``out_fmt``, in
+    :func:`box_dtype`.
     """
     check_boxes("boxes", boxes, ndim=range(1, 8))
+    boxes = _wide(boxes)
     for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
         if fmt not in _FORMATS:
             raise ValueError(f"{name} must be one of {_FORMATS}, got {fmt!r}")
@@ -194,20 +228,26 @@ def to_matterport_normalized(boxes: torch.Tensor, image_size: Sequence[int]) -> 
 
     Matterport divides by ``(height - 1, width - 1)`` and treats ``y2, x2`` as exclusive by shifting them by 1
     pixel, so ``(0, 0, W, H)`` maps to ``(0, 0, 1, 1)``. boxes: ``[..., 4]``; image_size: ``(height, width)``.
+    Returns ``[..., 4]`` in :func:`box_dtype`.
     """
     check_boxes("boxes", boxes, ndim=range(1, 8))
     h, w = check_size("image_size", image_size)
     if h < 2 or w < 2:
         raise ValueError(f"image_size must be at least (2, 2) to normalise, got {image_size!r}")
+    boxes = _wide(boxes)
     scale = boxes.new_tensor([h - 1, w - 1, h - 1, w - 1])
     shift = boxes.new_tensor([0, 0, 1, 1])
     return (box_convert(boxes, "xyxy", "yxyx") - shift) / scale
 
 
 def from_matterport_normalized(boxes: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
-    """Inverse of :func:`to_matterport_normalized` (matterport's ``denorm_boxes``, without its rounding)."""
+    """Inverse of :func:`to_matterport_normalized` (matterport's ``denorm_boxes``, without its rounding).
+
+    Returns ``[..., 4]`` pixel ``(x1, y1, x2, y2)`` in :func:`box_dtype`.
+    """
     h, w = check_size("image_size", image_size)
     check_boxes("boxes", boxes, ndim=range(1, 8))
+    boxes = _wide(boxes)
     scale = boxes.new_tensor([h - 1, w - 1, h - 1, w - 1])
     shift = boxes.new_tensor([0, 0, 1, 1])
     return box_convert(boxes * scale + shift, "yxyx", "xyxy")
@@ -249,12 +289,13 @@ def encode_deltas(
     boxes: ``[..., 4]`` target boxes (ground truth); reference: ``[..., 4]`` anchors or proposals,
     broadcastable against ``boxes`` and on its device; both need positive width and height.
     weights: ``(wx, wy, ww, wh)`` multipliers (``1 / BBOX_STD_DEV`` in matterport).
-    Returns ``[..., 4]`` deltas ``(dx, dy, dw, dh)``.
+    Returns ``[..., 4]`` deltas ``(dx, dy, dw, dh)`` in the :func:`box_dtype` of the inputs' common dtype.
     """
     check_boxes("boxes", boxes, ndim=range(1, 8))
     check_boxes("reference", reference, ndim=range(1, 8))
     _check_broadcast("reference", reference, "boxes", boxes)
     wx, wy, ww, wh = _check_weights(weights)
+    boxes, reference = _common_wide(boxes, reference)
     gx, gy, gw, gh = _centre_size(boxes)
     ax, ay, aw, ah = _centre_size(reference)
     return torch.stack(
@@ -276,12 +317,15 @@ def decode_deltas(
     weights: the same ``(wx, wy, ww, wh)`` used to encode.
     clamp: upper bound on ``dw / ww`` and ``dh / wh`` before ``exp`` (torchvision's ``log(1000/16)``), so an
         untrained head cannot produce ``inf`` boxes; None disables it (matterport does not clamp).
-    Returns ``[..., 4]`` boxes ``(x1, y1, x2, y2)``, in the dtype of ``deltas``.
+    Returns ``[..., 4]`` boxes ``(x1, y1, x2, y2)``, in the :func:`box_dtype` of ``deltas`` (float32 for
+    half-precision deltas, as a head under autocast predicts them: half-precision coordinates would be
+    0.5 px coarse at 1000 px; float64 deltas give float64 boxes).
     """
     check_boxes("deltas", deltas, ndim=range(1, 8))
     check_boxes("reference", reference, ndim=range(1, 8))
     _check_broadcast("reference", reference, "deltas", deltas, enlarge=False)
     wx, wy, ww, wh = _check_weights(weights)
+    deltas = _wide(deltas)
     reference = reference.to(deltas.dtype)
     ax, ay, aw, ah = _centre_size(reference)
     dx, dy = deltas[..., 0] / wx, deltas[..., 1] / wy

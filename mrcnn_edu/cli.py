@@ -401,7 +401,8 @@ def _saved_run(out: Path, args):
     from .checkpoint import load_checkpoint
     from .config import Config
 
-    restored = {**DATA_FLAGS, "preset": "--preset", "backbone_weights": "--backbone-weights"}
+    restored = {**DATA_FLAGS, "preset": "--preset", "init": "--init",
+                "backbone_weights": "--backbone-weights"}  # fmt: skip
     given = [flag for key, flag in restored.items() if getattr(args, key) is not None]
     if given:
         raise UsageError(f"--resume continues the run in {out} with the data and settings it started with "
@@ -530,12 +531,46 @@ def _write_run(out: Path, preset: str, sets: list, data: dict, log_every: int, t
     (out / RUN_FILE).write_text(json.dumps(run, indent=1) + "\n")
 
 
+def _initial_model(spec: str, config):
+    """A model of ``config`` holding the weights of a checkpoint, or of the shipped shapes model (``shapes``).
+
+    Every tensor must fit: the classes of the data decide the heads' shapes, so weights trained on another
+    number of classes are refused, naming the tensors (start from ImageNet with --backbone-weights instead).
+    """
+    from .checkpoint import load_checkpoint
+    from .demo import load_shipped_model
+    from .model import MaskRCNN
+
+    try:
+        state = load_shipped_model().state_dict() if spec == "shapes" else load_checkpoint(spec)["model"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UsageError(f"--init {spec}: {err}") from None
+    model = MaskRCNN(config)
+    mine = model.state_dict()
+    unfit = [f"{k} {tuple(state[k].shape)} (here {tuple(v.shape)})" for k, v in mine.items()
+             if k in state and state[k].shape != v.shape]  # fmt: skip
+    missing = sorted(set(mine) - set(state))
+    if unfit or missing:
+        what = "; ".join(unfit[:3] + [f"missing {k}" for k in missing[:3]])
+        raise UsageError(
+            f"--init {spec}: its weights do not fit this model ({what}): another number of classes or "
+            "another architecture; --backbone-weights imagenet:PATH starts anew"
+        )
+    model.load_state_dict({k: state[k] for k in mine})
+    print(f"--init {spec}: every weight starts from it; the classes, names and ids come from the data")
+    return model
+
+
 def cmd_train(args) -> int:
     from .train import train
 
     out = Path(args.out)
+    if args.init and args.backbone_weights:
+        raise UsageError("--init and --backbone-weights both give the starting weights: choose one")
     if args.backbone_weights:  # the file first: a wrong one must not cost the data checks
         backbone_path = _weights_file("--backbone-weights", args.backbone_weights, "imagenet")
+    if args.init and args.init != "shapes" and not Path(args.init).is_file():
+        raise UsageError(f"--init {args.init}: no such file (a checkpoint, e.g. runs/a/last.pt, or 'shapes')")
     config, data, train_set, val_set, saved_run = (_resumed_run if args.resume else _new_run)(out, args)
     if len(train_set) < config.batch_size:
         raise UsageError(f"the training set has {len(train_set)} images, fewer than batch_size="
@@ -554,6 +589,8 @@ def cmd_train(args) -> int:
             model = init_backbone_from_imagenet(MaskRCNN(config), backbone_path)
         except (OSError, ValueError) as e:
             raise UsageError(f"--backbone-weights {args.backbone_weights!r}: {e}") from None
+    if args.init:
+        model = _initial_model(args.init, config)
     if not args.resume:
         _write_run(out, args.preset or "shapes", args.set, data, log_every, tensorboard)
     with warnings.catch_warnings():
@@ -955,6 +992,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone-weights",
         metavar="imagenet:PATH",
         help="start the backbone from torchvision ImageNet ResNet weights (a local .pth file)",
+    )
+    p.add_argument(
+        "--init",
+        metavar="CHECKPOINT|shapes",
+        help="start every weight from a checkpoint of another run (last.pt, best.pt) or from 'shapes', the "
+        "model shipped in the package; its layers must fit the data's classes",
     )
     p.add_argument(
         "--minutes",

@@ -42,21 +42,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from ._checks import check_boxes, check_tensor
 from .boxes import box_iou, encode_deltas
-from .matching import match_by_iou, sample_balanced
+from .matching import BACKGROUND, match_by_iou, sample_balanced, sample_balanced_batch
 from .roi_align import roi_align
 
-__all__ = ["detection_targets", "mask_targets", "CROWD_IOU_THRESHOLD"]
+__all__ = ["detection_targets", "detection_targets_batch", "mask_targets", "CROWD_IOU_THRESHOLD"]
 
 #: A proposal overlapping a crowd box by at least this IoU is not used as a negative (matterport's 0.001).
 CROWD_IOU_THRESHOLD = 0.001
 
 
 def _check_inputs(
-    proposals, gt_boxes, gt_labels, gt_masks, gt_is_crowd, num_samples, mask_size, positive_iou, negative_iou
-) -> None:
+    proposals, gt_boxes, gt_labels, gt_masks, gt_is_crowd, num_samples, mask_size, positive_iou, negative_iou,
+    check_label_values: bool = True,
+) -> None:  # fmt: skip
     check_boxes("proposals", proposals)
     check_boxes("gt_boxes", gt_boxes)
     check_tensor("gt_labels", gt_labels, ndim=1, kind="int")
@@ -65,7 +68,7 @@ def _check_inputs(
     for name, t in (("gt_labels", gt_labels), ("gt_masks", gt_masks)):
         if t.shape[0] != g:
             raise ValueError(f"{name} must have one entry per GT box ({g}), got shape {tuple(t.shape)}")
-    if g > 0 and int(gt_labels.min()) < 1:
+    if check_label_values and g > 0 and int(gt_labels.min()) < 1:
         raise ValueError(
             f"gt_labels must be object classes >= 1 (0 is background), got min {int(gt_labels.min())}"
         )
@@ -177,7 +180,7 @@ def detection_targets(
                            allow_low_quality=False)
     labels = torch.full_like(matched, -1)  # -1: not sampled
     labels[matched >= 0] = 1
-    labels[matched == -1] = 0  # matching.BACKGROUND
+    labels[matched == BACKGROUND] = 0
     if bool(crowd.any()) and proposals.shape[0] > 0:
         near_crowd = box_iou(gt_boxes[crowd], proposals).amax(dim=0) >= CROWD_IOU_THRESHOLD
         labels[near_crowd & (labels == 0)] = -1
@@ -200,3 +203,158 @@ def detection_targets(
         "matched_gt": matched_gt,
         "mask_targets": masks,
     }
+
+
+_READABLE = detection_targets
+
+
+def detection_targets_batch(
+    proposals: Sequence[torch.Tensor],
+    gt_boxes: Sequence[torch.Tensor],
+    gt_labels: Sequence[torch.Tensor],
+    gt_masks: Sequence[torch.Tensor],
+    num_samples: int = 200,
+    positive_fraction: float = 0.33,
+    positive_iou: float = 0.5,
+    negative_iou: float = 0.5,
+    add_gt_boxes: bool = False,
+    fill_with_negatives: bool = False,
+    mask_size: int = 28,
+    weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+    binarize_masks: bool = True,
+    gt_is_crowd: Sequence[torch.Tensor | None] | None = None,
+    generator: torch.Generator | None = None,
+    aligned: bool = False,
+) -> list[dict[str, torch.Tensor]]:
+    """:func:`detection_targets` for every image of a batch at once (what the model runs).
+
+    proposals, gt_boxes, gt_labels, gt_masks: one entry per image, each as :func:`detection_targets` takes
+    it; gt_is_crowd: None or one entry (or None) per image; the other arguments as there.
+    Returns one dict per image, identical to :func:`detection_targets` of each image in turn (the random
+    permutations are drawn in the same order from ``generator``, or from torch's default generator).
+
+    The images' candidates and GT are padded to ``[B, P_max, 4]`` / ``[B, G_max, 4]``: matching, sampling,
+    box targets and mask targets each run once for the batch (one ``roi_align`` per distinct mask size), and
+    the per-image counts are read once, so the host synchronisations do not grow with the batch.
+    """
+    num_images = len(proposals)
+    for name, seq in (("gt_boxes", gt_boxes), ("gt_labels", gt_labels), ("gt_masks", gt_masks)):
+        if isinstance(seq, torch.Tensor) or len(seq) != num_images:
+            raise ValueError(f"{name} must be a list of one tensor per image ({num_images}), got {type(seq)}")
+    crowds = [None] * num_images if gt_is_crowd is None else list(gt_is_crowd)
+    if len(crowds) != num_images:
+        raise ValueError(f"gt_is_crowd must have one entry per image ({num_images}), got {len(crowds)}")
+    for i in range(num_images):
+        _check_inputs(proposals[i], gt_boxes[i], gt_labels[i], gt_masks[i], crowds[i], num_samples, mask_size,
+                      positive_iou, negative_iou, check_label_values=False)  # fmt: skip
+    # The label values of all images in one read (the per-image check reads each image's minimum).
+    lowest = [lab.min().to(gt_labels[0].device) for lab in gt_labels if len(lab)]
+    if lowest and int(torch.stack(lowest).min()) < 1:
+        bad = next(i for i, lab in enumerate(gt_labels) if len(lab) and int(lab.min()) < 1)
+        raise ValueError(
+            f"gt_labels[{bad}] must be object classes >= 1 (0 is background), got min {int(gt_labels[bad].min())}"  # noqa: E501
+        )
+    if detection_targets is not _READABLE or num_images == 0:
+        # An exercise swapped a student's detection_targets in (mrcnn_edu.exercises): run it image by image.
+        options = dict(
+            num_samples=num_samples, positive_fraction=positive_fraction, positive_iou=positive_iou,
+            negative_iou=negative_iou, add_gt_boxes=add_gt_boxes, fill_with_negatives=fill_with_negatives,
+            mask_size=mask_size, weights=weights, binarize_masks=binarize_masks, generator=generator,
+            aligned=aligned,
+        )  # fmt: skip
+        return [
+            detection_targets(*args, gt_is_crowd=crowd, **options)
+            for *args, crowd in zip(proposals, gt_boxes, gt_labels, gt_masks, crowds, strict=True)
+        ]
+
+    device, dtype = proposals[0].device, proposals[0].dtype
+    gts = [g.to(device=device, dtype=dtype) for g in gt_boxes]
+    crowd = [
+        torch.zeros(g.shape[0], dtype=torch.bool, device=device) if c is None else c.to(device)
+        for g, c in zip(gts, crowds, strict=True)
+    ]
+    # Candidates of image b: its proposals, then (add_gt_boxes) all its GT boxes; a crowd GT box appended
+    # here is never sampled, which leaves the same candidates, in the same order, as appending the others.
+    candidates = [p.detach().to(dtype) for p in proposals]
+    unsampled = [torch.zeros(len(p), dtype=torch.bool, device=device) for p in candidates]
+    if add_gt_boxes:
+        unsampled = [torch.cat((u, c)) for u, c in zip(unsampled, crowd, strict=True)]
+        candidates = [torch.cat((p, g)) for p, g in zip(candidates, gts, strict=True)]
+    num_candidates = [len(p) for p in candidates]
+    width = max(num_candidates)  # P_max
+
+    # Matching: one box_iou per image (no host sync in it), padded to [B, G_max, P_max] with IoU -1, which
+    # never matches; crowd rows are set to -1 too.
+    iou = pad_sequence(
+        [F.pad(box_iou(g, p), (0, width - len(p)), value=-1.0) for g, p in zip(gts, candidates, strict=True)],
+        batch_first=True,
+        padding_value=-1.0,
+    )
+    is_crowd = pad_sequence(crowd, batch_first=True)  # [B, G_max]
+    matched = match_by_iou(iou.masked_fill(is_crowd[:, :, None], -1.0), positive_iou, negative_iou,
+                           allow_low_quality=False)  # [B, P_max]: GT index within the image  # fmt: skip
+    labels = torch.where(matched >= 0, 1, torch.where(matched == BACKGROUND, 0, -1))
+    if any(c is not None for c in crowds) and iou.shape[1] > 0:
+        near_crowd = iou.masked_fill(~is_crowd[:, :, None], -1.0).amax(dim=1) >= CROWD_IOU_THRESHOLD
+        labels = torch.where(near_crowd & (labels == 0), -1, labels)
+    labels = labels.masked_fill(pad_sequence(unsampled, batch_first=True, padding_value=True), -1)
+    positive, negative, num_pos, num_neg = sample_balanced_batch(
+        labels, num_samples, positive_fraction, generator=generator, fill_with_negatives=fill_with_negatives
+    )  # flat indices into [B, P_max], image by image; the per-image counts as lists
+
+    # Targets of the sampled ROIs (positives of all images, then negatives of all images).
+    def starts(sizes):  # where each image's rows begin in a concatenation, on the device
+        return torch.tensor([sum(sizes[:b]) for b in range(num_images)], dtype=torch.long, device=device)
+
+    boxes = torch.cat(candidates)  # [sum P, 4]
+    candidate_start = starts(num_candidates)
+    pos_image, neg_image = positive // width, negative // width
+    pos_rois = boxes[candidate_start[pos_image] + positive % width]
+    neg_rois = boxes[candidate_start[neg_image] + negative % width]
+    pos_gt = matched.flatten()[positive]  # index into the image's own gt_boxes
+    gt_row = starts([len(g) for g in gts])[pos_image] + pos_gt  # row of torch.cat(gts)
+    box_targets = encode_deltas(torch.cat(gts)[gt_row], pos_rois, weights)
+    pos_labels = torch.cat([lab.to(device) for lab in gt_labels]).long()[gt_row]
+    mask_targets = _mask_targets_batch(gt_masks, pos_image, pos_gt, pos_rois, num_pos, mask_size, aligned)
+    if binarize_masks:
+        mask_targets = (mask_targets >= 0.5).to(dtype)
+    else:
+        mask_targets = mask_targets.clamp(0, 1)  # interpolation rounding can leave 1 + 1e-7
+
+    results = []
+    parts = zip(
+        pos_rois.split(num_pos), neg_rois.split(num_neg), pos_gt.split(num_pos), box_targets.split(num_pos),
+        pos_labels.split(num_pos), mask_targets.split(num_pos), num_neg, strict=True,
+    )  # fmt: skip
+    for p_rois, n_rois, p_gt, p_targets, p_labels, p_masks, n in parts:
+        results.append({
+            "rois": torch.cat((p_rois, n_rois)),
+            "labels": torch.cat((p_labels, torch.zeros(n, dtype=torch.long, device=device))),
+            "box_targets": torch.cat((p_targets, p_targets.new_zeros((n, 4)))),
+            "matched_gt": torch.cat((p_gt, torch.full((n,), -1, dtype=torch.long, device=device))),
+            "mask_targets": p_masks,
+        })  # fmt: skip
+    return results
+
+
+def _mask_targets_batch(gt_masks, pos_image, pos_gt, pos_rois, num_pos, mask_size, aligned) -> torch.Tensor:
+    """``[R_pos, M, M]`` resampled GT masks of the positives of all images (unthresholded): one
+    ``roi_align`` over the stacked masks of each group of images whose masks have the same size."""
+    device, dtype = pos_rois.device, pos_rois.dtype
+    out = pos_rois.new_zeros((pos_rois.shape[0], mask_size, mask_size))
+    sizes = [tuple(m.shape[-2:]) for m in gt_masks]
+    first_pos = [sum(num_pos[:b]) for b in range(len(num_pos))]
+    for size in dict.fromkeys(sizes):
+        group = [b for b, s in enumerate(sizes) if s == size and num_pos[b] > 0]
+        if not group:
+            continue
+        stack = torch.cat([gt_masks[b].to(device=device, dtype=dtype) for b in group])[:, None]  # [G,1,H,W]
+        offset = torch.zeros(len(num_pos), dtype=torch.long, device=device)
+        offset[group] = torch.tensor([sum(len(gt_masks[c]) for c in group[:i]) for i in range(len(group))],
+                                     device=device)  # fmt: skip
+        rows = torch.cat([torch.arange(first_pos[b], first_pos[b] + num_pos[b]) for b in group]).to(device)
+        index = offset[pos_image[rows]] + pos_gt[rows]  # which mask of the stack each ROI reads
+        indexed = torch.cat((index[:, None].to(dtype), pos_rois[rows]), dim=1)  # [R, 5]
+        out[rows] = roi_align(stack, indexed, (mask_size, mask_size), spatial_scale=1.0, sampling_ratio=-1,
+                              aligned=aligned)[:, 0]  # fmt: skip
+    return out

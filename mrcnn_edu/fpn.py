@@ -25,7 +25,8 @@ Matterport vs torchvision
     * Init: torchvision's ``kaiming_uniform_(a=1)`` with zero bias (matterport uses Keras' Glorot uniform).
 
 Submodule names mirror torchvision's ``FeaturePyramidNetwork``: ``inner_blocks.i`` (lateral 1x1 convs) and
-``layer_blocks.i`` (output 3x3 convs), ``i = 0`` being the finest level (``C2``), each a plain ``nn.Conv2d``.
+``layer_blocks.i`` (output 3x3 convs), ``i = 0`` being the finest level (``C2``), each a plain ``nn.Conv2d``
+(``mrcnn_edu._conv.Conv2d``, which only picks a faster CPU kernel).
 torchvision's published COCO checkpoints store ``backbone.fpn.inner_blocks.i.weight`` (newer torchvision code
 wraps each conv as ``inner_blocks.i.0`` and renames old keys when loading), so mapping those files here is
 just removing the ``backbone.fpn.`` prefix.
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_tensor
+from ._conv import Conv2d
 
 __all__ = ["FPN"]
 
@@ -65,9 +67,9 @@ class FPN(nn.Module):
             raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.inner_blocks = nn.ModuleList(nn.Conv2d(c, out_channels, kernel_size=1) for c in in_channels)
+        self.inner_blocks = nn.ModuleList(Conv2d(c, out_channels, kernel_size=1) for c in in_channels)
         self.layer_blocks = nn.ModuleList(
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1) for _ in in_channels
+            Conv2d(out_channels, out_channels, kernel_size=3, padding=1) for _ in in_channels
         )
         for conv in [*self.inner_blocks, *self.layer_blocks]:
             nn.init.kaiming_uniform_(conv.weight, a=1)

@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from ._checks import check_tensor
+from ._conv import Conv2d
 
 __all__ = ["RPNHead", "BoxHead", "BoxPredictor", "MaskHead"]
 
@@ -90,9 +91,9 @@ class RPNHead(nn.Module):
             )
         self.in_channels = in_channels
         self.num_anchors = num_anchors
-        self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
-        self.cls_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
-        self.bbox_pred = nn.Conv2d(in_channels, 4 * num_anchors, kernel_size=1)
+        self.conv = Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
+        self.cls_logits = Conv2d(in_channels, num_anchors, kernel_size=1)
+        self.bbox_pred = Conv2d(in_channels, 4 * num_anchors, kernel_size=1)
         for conv in (self.conv, self.cls_logits, self.bbox_pred):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
@@ -151,9 +152,9 @@ class BoxHead(nn.Module):
                 )
             # 32 groups: GroupNorm's usual setting (Wu & He, 2018), as detectron2's GN heads.
             norm_layer = partial(nn.GroupNorm, 32) if norm == "gn" else nn.BatchNorm2d
-            self.conv1 = nn.Conv2d(in_channels, representation, kernel_size=pool_size, bias=False)
+            self.conv1 = Conv2d(in_channels, representation, kernel_size=pool_size, bias=False)
             self.norm1 = norm_layer(representation)
-            self.conv2 = nn.Conv2d(representation, representation, kernel_size=1, bias=False)
+            self.conv2 = Conv2d(representation, representation, kernel_size=1, bias=False)
             self.norm2 = norm_layer(representation)
             for conv in (self.conv1, self.conv2):
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
@@ -222,10 +223,10 @@ class MaskHead(nn.Module):
         self.in_channels, self.num_classes, self.num_convs = in_channels, num_classes, num_convs
         ch = in_channels
         for i in range(1, num_convs + 1):
-            self.add_module(f"mask_fcn{i}", nn.Conv2d(ch, conv_channels, kernel_size=3, padding=1))
+            self.add_module(f"mask_fcn{i}", Conv2d(ch, conv_channels, kernel_size=3, padding=1))
             ch = conv_channels
         self.conv5_mask = nn.ConvTranspose2d(ch, conv_channels, kernel_size=2, stride=2)
-        self.mask_fcn_logits = nn.Conv2d(conv_channels, num_classes, kernel_size=1)
+        self.mask_fcn_logits = Conv2d(conv_channels, num_classes, kernel_size=1)
         for name, param in self.named_parameters():
             if name.endswith("weight"):
                 nn.init.kaiming_normal_(param, mode="fan_out", nonlinearity="relu")

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_boxes, check_same_device, check_size, check_tensor
+from .boxes import box_dtype
 
 __all__ = ["paste_masks", "paste_mask_loop", "pad_masks_and_snap_boxes", "mask_iou"]
 
@@ -159,7 +160,7 @@ def paste_masks(
         return out
     values = masks.to(dtype)
     # Box coordinates in at least float32: half precision cannot address pixels of large images.
-    coords = boxes.to(dtype=torch.promote_types(boxes.dtype, torch.float32))
+    coords = boxes.to(device=masks.device, dtype=box_dtype(boxes.dtype))
     paste = _paste_in_boxes if masks.device.type == "cpu" else _paste_full_image
     paste(values, coords, out, threshold)
     return out
@@ -213,7 +214,8 @@ def pad_masks_and_snap_boxes(
 
     masks: ``[N, M, M]`` values inside the boxes; boxes: ``[N, 4]`` float ``(x1, y1, x2, y2)``.
     padding: cells of zeros added around every mask (torchvision: 1).
-    Returns ``(padded [N, M + 2p, M + 2p], snapped [N, 4])``.
+    Returns ``(padded [N, M + 2p, M + 2p], snapped [N, 4])``, the boxes in at least float32
+    (:func:`mrcnn_edu.boxes.box_dtype`).
 
     torchvision (``paste_masks_in_image``) surrounds each mask with a ring of zeros and enlarges its box
     about the centre by ``(M + 2p) / M`` to match, so the pasted mask fades to 0 across the box edge instead
@@ -232,6 +234,7 @@ def pad_masks_and_snap_boxes(
         raise ValueError(f"padding must be an int >= 0, got {padding!r}")
     scale = (masks.shape[-1] + 2 * padding) / masks.shape[-1]
     padded = F.pad(masks, (padding,) * 4)
+    boxes = boxes.to(box_dtype(boxes.dtype))  # half precision would truncate to the wrong pixel
     # The same float32 operations, in the same order, as torchvision, so the truncation agrees.
     half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
     half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale

@@ -17,6 +17,8 @@ Semantics (the same in every function here, and the same as ``torchvision.ops.nm
   score ranks last, as ``-inf`` (torch's sort would put it first, and a NaN would suppress a box of 0.9).
 - A box is suppressed when its IoU (:func:`mrcnn_edu.boxes.box_iou`) with a higher-scored *kept* box is
   **strictly greater** than ``iou_threshold``; a suppressed box suppresses nothing.
+- IoUs are computed in float32 or wider whatever the boxes' dtype (float16 areas overflow at 65504), so
+  float16 / bfloat16 boxes keep exactly the boxes that the same values in float32 keep.
 - The result is the kept indices into the input, int64, in decreasing score order. Boxes of zero area
   overlap nothing, so they are never suppressed (and never suppress).
 
@@ -45,6 +47,7 @@ coordinates (torchvision's offset trick assumes non-negative coordinates).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
@@ -52,9 +55,9 @@ import torch
 
 from ._checks import check_boxes, check_tensor
 from ._tv import torchvision_ops
-from .boxes import box_iou, matched_box_iou
+from .boxes import box_dtype, box_iou, matched_box_iou
 
-__all__ = ["nms_steps", "nms_loop", "nms", "batched_nms"]
+__all__ = ["nms_steps", "nms_loop", "nms", "batched_nms", "batched_nms_per_image"]
 
 
 def _check_args(
@@ -84,6 +87,30 @@ def _nan_last(scores: torch.Tensor) -> torch.Tensor:
 
 def _empty(device: torch.device) -> torch.Tensor:
     return torch.zeros(0, dtype=torch.long, device=device)
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device):
+    """Run the CPU path on the calling thread only. Its ops are small (thousands of elements), so
+    torch's thread pool gains nothing, and on a busy CPU every parallel region waits for a descheduled
+    worker: ``benchmarks/ops.py --only nms --threads 2`` measured 2-4x the one-thread time (and the
+    readable loop 10x) while other processes ran. ``torch.set_num_threads`` only changes the calling
+    thread's OpenMP setting; it is restored afterwards."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _widen(boxes: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes and scores in float32 at least: IoUs of half-precision boxes overflow (see ``mrcnn_edu.boxes``).
+    Widening keeps the scores' order and ties, so the kept set is the one float32 gives."""
+    return boxes.to(box_dtype(boxes.dtype)), scores.to(box_dtype(scores.dtype))
 
 
 def nms_steps(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float):
@@ -148,7 +175,7 @@ def _sliding_windows(
         # windows use these shifted starts (the padding below covers their float64 round-off, so a window
         # can grow by a hair but never shrink); the geometry tests use the boxes' own coordinates.
         lo, reach = lo.double(), reach.double()
-        span = float(lo.max() - lo.min() + reach.max()) + 1.0
+        span = lo.max() - lo.min() + reach.max() + 1.0  # a 0-d tensor: no need to read it on the host
         lo = lo - lo.min() + group.double() * span
     sorted_lo, perm = torch.sort(lo, stable=True)
     reach = reach.index_select(0, perm)
@@ -159,26 +186,37 @@ def _sliding_windows(
     return perm, (stop - first).clamp(min=0)
 
 
-def _window_pairs(counts: torch.Tensor, chunk: int = 16384):
-    """Yield the pairs ``(p, q)``, ``p < q <= p + counts[p]``, as int64 ``[E_i]`` tensors, about ``chunk``
-    pairs at a time: the arrays stay in cache and each torch op stays single-threaded (the work per op is
-    too small to share across threads, and on a busy CPU waiting for threads costs more than it saves)."""
+def _window_pairs(counts: torch.Tensor, test, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs ``(p, q)``, ``p < q <= p + counts[p]``, for which ``test(p, q)`` holds: int64 ``[E]`` each.
+
+    ``test`` takes two int64 ``[E_i]`` tensors of positions and returns a bool ``[E_i]``. It sees about
+    ``chunk`` pairs at a time: the arrays stay in cache and each torch op stays single-threaded (the work
+    per op is too small to share across threads, and on a busy CPU waiting for threads costs more than it
+    saves). Only the chunks' bool results are kept; one ``nonzero`` at the end lists the pairs that pass,
+    so the number of host synchronisations does not grow with the number of pairs.
+    """
     ends = torch.cumsum(counts, 0)
+    starts = ends - counts  # where each box's pairs begin in the flat list of all pairs
     total = int(ends[-1]) if counts.numel() else 0
-    cuts = torch.searchsorted(
-        ends, torch.arange(chunk, max(total, chunk), chunk, device=counts.device)
-    ).tolist()
-    for start, stop in zip([0, *cuts], [*cuts, counts.numel()], strict=True):
-        if start == stop:
-            continue
-        run = counts[start:stop]
-        run_start = torch.cumsum(run, 0) - run  # where each box's pairs begin in this chunk's flat list
-        e = int(run_start[-1] + run[-1])
+    if total == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=counts.device)
+        return empty, empty
+    # Chunk boundaries (whole boxes) and each chunk's pair count, read in one go.
+    cuts = torch.searchsorted(ends, torch.arange(chunk, max(total, chunk), chunk, device=counts.device))
+    bounds = torch.cat((cuts.new_zeros(1), cuts, cuts.new_full((1,), counts.numel()))).unique_consecutive()
+    sizes = ends.index_select(0, bounds[1:] - 1) - starts.index_select(0, bounds[:-1])
+    bounds, sizes = bounds.tolist(), sizes.tolist()
+    passed = []
+    for start, stop, e in zip(bounds[:-1], bounds[1:], sizes, strict=True):
+        run_start = starts[start:stop] - starts[start]
         # a: the box whose run holds flat index i (repeat_interleave, which threads badly on a busy CPU).
         local = torch.cumsum(torch.bincount(run_start, minlength=e + 1)[:e], 0) - 1
         a = local + start
         b = torch.arange(e, device=counts.device) - run_start.index_select(0, local) + a + 1
-        yield a, b
+        passed.append(test(a, b))
+    flat = torch.nonzero(torch.cat(passed)).flatten()
+    a = torch.searchsorted(ends, flat, right=True)
+    return a, flat - starts.index_select(0, a) + a + 1
 
 
 def _select(mask: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -191,24 +229,23 @@ def _nms_sparse(
 ) -> torch.Tensor:
     """The fast path of :func:`nms` / :func:`batched_nms` (exact; see the module docstring).
 
-    boxes ``[N, 4]``, scores ``[N]``, groups ``[N]`` int or None (one group). Returns int64 ``[K]``.
+    boxes ``[N, 4]`` (float32 or float64), scores ``[N]``, groups ``[N]`` int or None (one group).
+    Returns int64 ``[K]``.
     """
     order = torch.sort(scores, descending=True, stable=True).indices
     ranked = boxes.index_select(0, order)  # from here on a box is named by its rank: 0 is the best score
-    # The filter works in float32 at least; its slack covers the rounding of the IoU in the input dtype.
-    geo = ranked if ranked.dtype in (torch.float32, torch.float64) else ranked.float()
     # The filter uses a slightly lower threshold t, so that float rounding can never make it skip a pair
     # whose IoU (as box_iou rounds it) exceeds iou_threshold; the exact test comes after it.
     t = iou_threshold * (1 - max(1e-3, 64 * torch.finfo(boxes.dtype).eps))
     # A zero-area box has IoU 0 with everything: it can neither suppress nor be suppressed.
-    sizes = geo[:, 2:] - geo[:, :2]
+    sizes = ranked[:, 2:] - ranked[:, :2]
     ranks = torch.nonzero((sizes > 0).all(dim=1)).flatten()
-    geo, sizes = geo.index_select(0, ranks), sizes.index_select(0, ranks)
+    geo, sizes = ranked.index_select(0, ranks), sizes.index_select(0, ranks)
 
     # IoU > t needs intersection > t * union >= t * (either area); the intersection is at most as tall as
     # either box, so the boxes overlap along x by more than t * max(w_a, w_b), and likewise along y.
     # Hence if x1_a <= x1_b then x1_b < x1_a + (1 - t) * w_a: a sliding window along x (or y, whichever
-    # lists fewer pairs) finds every candidate pair, and two overlap tests discard most of them.
+    # lists fewer pairs) finds every candidate pair, and an overlap test along the other axis discards most.
     g = None
     if groups is not None:
         g = torch.unique(groups.index_select(0, order).index_select(0, ranks), return_inverse=True)[1]
@@ -216,28 +253,30 @@ def _nms_sparse(
     axis = 0 if windows[0][1].sum() <= windows[1][1].sum() else 1
     perm, counts = windows[axis]
     geo = geo.index_select(0, perm)  # rows in window order: box p pairs with p+1 .. p+counts[p]
-    # Only the window axis is known to overlap enough: test the other axis first, it rejects more.
-    lo_hi = [(geo[:, k].contiguous(), geo[:, k + 2].contiguous()) for k in (1 - axis, axis)]
-    found = [torch.zeros(2, 0, dtype=torch.long, device=geo.device)]
-    for a, b in _window_pairs(counts):
-        for lo, hi in lo_hi:
-            lo_a, lo_b, hi_a, hi_b = (v.index_select(0, p) for v in (lo, hi) for p in (a, b))
-            overlap = torch.minimum(hi_a, hi_b) - torch.maximum(lo_a, lo_b)
-            a, b = _select(overlap > t * torch.maximum(hi_a - lo_a, hi_b - lo_b), a, b)
-        found.append(torch.stack((a, b)))
-    a, b = torch.cat(found, dim=1)
+    # The window makes the pairs overlap enough along its axis (nearly: the exact IoU test comes later);
+    # testing the other axis rejects most of them, and the survivors are few enough for the IoU test.
+    lo, hi = geo[:, 1 - axis].contiguous(), geo[:, 3 - axis].contiguous()
+
+    def overlap_enough(a, b):
+        lo_a, lo_b, hi_a, hi_b = (v.index_select(0, p) for v in (lo, hi) for p in (a, b))
+        overlap = torch.minimum(hi_a, hi_b) - torch.maximum(lo_a, lo_b)
+        return overlap > t * torch.maximum(hi_a - lo_a, hi_b - lo_b)
+
+    a, b = _window_pairs(counts, overlap_enough)
     a, b = perm.index_select(0, a), perm.index_select(0, b)
-    if g is not None:  # pairs that the windows' padding let across a group boundary
-        a, b = _select(g.index_select(0, a) == g.index_select(0, b), a, b)
+    same_group = None if g is None else g.index_select(0, a) == g.index_select(0, b)
     a, b = ranks.index_select(0, a), ranks.index_select(0, b)
-    iou = matched_box_iou(ranked.index_select(0, a), ranked.index_select(0, b))
-    a, b = _select(iou > iou_threshold, a, b)
+    suppress = matched_box_iou(ranked.index_select(0, a), ranked.index_select(0, b)) > iou_threshold
+    if same_group is not None:  # pairs that the windows' padding let across a group boundary
+        suppress &= same_group
+    a, b = _select(suppress, a, b)
     winner, loser = torch.minimum(a, b), torch.maximum(a, b)
 
     # Resolve "winner suppresses loser" in score order: a winner only counts if nothing removed it first.
     by_winner = torch.argsort(winner, stable=True)
     removed = [False] * boxes.shape[0]
-    for i, j in zip(winner[by_winner].tolist(), loser[by_winner].tolist(), strict=True):
+    pairs = torch.stack((winner[by_winner], loser[by_winner])).tolist()
+    for i, j in zip(*pairs, strict=True):
         if not removed[i]:
             removed[j] = True
     kept_ranks = torch.tensor([i for i, r in enumerate(removed) if not r], device=boxes.device)
@@ -261,12 +300,14 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     scores = _nan_last(scores)
     if boxes.shape[0] == 0:
         return _empty(boxes.device)
+    boxes, scores = _widen(boxes, scores)
     tv = torchvision_ops()
     if tv is not None and boxes.is_cuda and scores.dtype == boxes.dtype:
         return tv.nms(boxes, scores, iou_threshold)
-    if not _prefilter_is_safe(boxes, iou_threshold):
-        return nms_loop(boxes, scores, iou_threshold)
-    return _nms_sparse(boxes, scores, iou_threshold)
+    with _one_thread(boxes.device):
+        if not _prefilter_is_safe(boxes, iou_threshold):
+            return nms_loop(boxes, scores, iou_threshold)
+        return _nms_sparse(boxes, scores, iou_threshold)
 
 
 def batched_nms(
@@ -289,6 +330,7 @@ def batched_nms(
     scores = _nan_last(scores)
     if boxes.shape[0] == 0:
         return _empty(boxes.device)
+    boxes, scores = _widen(boxes, scores)
     tv = torchvision_ops()
     usable = tv is not None and boxes.is_cuda and scores.dtype == boxes.dtype and iou_threshold >= 0
     if usable and torch.isfinite(boxes).all():  # (a negative threshold suppresses across any gap)
@@ -298,9 +340,74 @@ def batched_nms(
         shifted = boxes - low
         shifted[:, 0::2] += (group.to(boxes.dtype) * stride)[:, None]
         return tv.nms(shifted, scores, iou_threshold)
-    if not _prefilter_is_safe(boxes, iou_threshold):
-        return _batched_nms_loop(boxes, scores, idxs, iou_threshold)
-    return _nms_sparse(boxes, scores, iou_threshold, groups=idxs)
+    with _one_thread(boxes.device):
+        if not _prefilter_is_safe(boxes, iou_threshold):
+            return _batched_nms_loop(boxes, scores, idxs, iou_threshold)
+        return _nms_sparse(boxes, scores, iou_threshold, groups=idxs)
+
+
+def _torchvision_runs(boxes: torch.Tensor) -> bool:
+    """Whether :func:`batched_nms` hands ``boxes`` to torchvision's kernel (CUDA, where it loads)."""
+    return boxes.is_cuda and torchvision_ops() is not None
+
+
+def _batched_nms_of_each_image(boxes, scores, groups, image, num_images: int, iou_threshold: float):
+    """:func:`batched_nms` of a batch's candidates (grouped by image), by decreasing score within each image.
+
+    Where torchvision's kernel runs it, each image gets its own call: that kernel's work grows with the
+    square of the boxes of one call, and the 80 000 proposals of a batch of 8 images (2000 per level) took
+    120 ms of a 220 ms training step on an H200 (``benchmarks/gpu_check.py --only profile``). Elsewhere the
+    whole batch goes at once (the CPU path tests only nearby pairs).
+    """
+    if num_images == 1 or not _torchvision_runs(boxes):
+        return batched_nms(boxes, scores, groups, iou_threshold)
+    kept, start = [], 0
+    for n in torch.bincount(image, minlength=num_images).tolist():
+        part = slice(start, start + n)
+        kept.append(batched_nms(boxes[part], scores[part], groups[part], iou_threshold) + start)
+        start += n
+    return torch.cat(kept)
+
+
+def batched_nms_per_image(
+    fields: dict[str, torch.Tensor],
+    groups: torch.Tensor,
+    image: torch.Tensor,
+    num_images: int,
+    iou_threshold: float,
+    max_per_image: int,
+    return_pre_nms: bool = False,
+) -> list[dict[str, torch.Tensor]]:
+    """:func:`batched_nms` over the candidates of a whole batch, then each image's best ``max_per_image``.
+
+    fields: ``[C, ...]`` tensors of the candidates of all images, grouped by image in image order, among
+        them ``"boxes"`` ``[C, 4]`` and ``"scores"`` ``[C]``.
+    groups: int64 ``[C]`` NMS groups, never shared by two images (e.g. ``image * G + class``).
+    image: int64 ``[C]`` image of each candidate, ``0 .. num_images - 1``.
+    Returns ``num_images`` dicts holding every field of the image's kept candidates, by decreasing score
+    (equal scores in input order): what :func:`batched_nms` on that image's candidates alone, cut to
+    ``max_per_image``, keeps. With ``return_pre_nms`` each also holds ``"pre_nms_<field>"``: all the image's
+    candidates, in input order. The per-image counts are read to the host once, whatever the batch size.
+    """
+    boxes, scores = fields["boxes"], fields["scores"]
+    kept = _batched_nms_of_each_image(boxes, scores, groups, image, num_images, iou_threshold)
+    # kept is by decreasing score within each image: a stable sort by image keeps that order.
+    kept = kept.index_select(0, torch.sort(image.index_select(0, kept), stable=True).indices)
+    num_kept, num_candidates = torch.stack(
+        [torch.bincount(i, minlength=num_images) for i in (image.index_select(0, kept), image)]
+    ).tolist()
+    starts = [sum(num_kept[:i]) for i in range(num_images)]
+    take = [min(n, max_per_image) for n in num_kept]
+    chosen = torch.cat([kept[s : s + n] for s, n in zip(starts, take, strict=True)])
+    results: list[dict[str, torch.Tensor]] = [{} for _ in range(num_images)]
+    for key, values in fields.items():
+        for result, part in zip(results, values.index_select(0, chosen).split(take), strict=True):
+            result[key] = part
+    if return_pre_nms:
+        for key, values in fields.items():
+            for result, part in zip(results, values.split(num_candidates), strict=True):
+                result["pre_nms_" + key] = part
+    return results
 
 
 def _batched_nms_loop(

@@ -3,11 +3,10 @@
 Every notebook that looks at a trained detector uses :func:`shapes_model`, the model shipped inside the
 package (:mod:`mrcnn_edu.demo`: the shapes recipe trained from scratch, mask AP@0.5 above 0.9 on the held-out
 shapes), so a student sees a trained model at once and every notebook shows the same one. Training itself
-is the subject of notebook 11 and of ``mrcnn-edu demo``.
+is the subject of notebook 11 (a short run of a fixed number of steps) and of ``mrcnn-edu demo``.
 
-``MRCNN_EDU_FAST=1`` in the environment shortens what only notebook 11 does, train: a handful of steps
-instead of its short run. :func:`course_source` finds the notebooks (inside an installed package, or in a
-clone), and :func:`copy_course` copies them out for a student (``mrcnn-edu notebooks DIR``).
+:func:`course_source` finds the notebooks (inside an installed package, or in a clone), and
+:func:`copy_course` copies them out for a student (``mrcnn-edu notebooks DIR``).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from .demo import HELD_OUT_SEED, load_shipped_model
 from .model import MaskRCNN
 
 __all__ = [
-    "FAST",
     "cache_dir",
     "copy_course",
     "course_source",
@@ -30,10 +28,6 @@ __all__ = [
     "shapes_config",
     "shapes_model",
 ]
-
-#: True when the environment asks for fast mode (``MRCNN_EDU_FAST`` set to anything but "" or "0").
-FAST = os.environ.get("MRCNN_EDU_FAST", "") not in ("", "0")
-
 
 def cache_dir() -> Path:
     """Where a notebook looks for files you put there yourself, e.g. torchvision's COCO weights (notebook 13):

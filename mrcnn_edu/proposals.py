@@ -73,7 +73,7 @@ import torch
 
 from ._checks import check_boxes, check_size, check_tensor
 from .boxes import DEFAULT_DELTA_CLAMP, clip_boxes, decode_deltas, remove_small_boxes
-from .nms import batched_nms, nms
+from .nms import batched_nms, batched_nms_per_image, nms
 
 __all__ = [
     "two_logit_objectness",
@@ -204,6 +204,48 @@ def nms_proposals(
     return keep[:post_nms_top_n]
 
 
+def _top_candidates(  # fmt: skip
+    objectness, deltas, anchors, image_sizes, num_anchors_per_level, pre_nms_top_n, post_nms_top_n,
+    nms_threshold, min_size, per_level, weights, clamp,
+):
+    """Checks, then steps 1-2 for the whole batch. Returns ``(sizes, counts, nms_threshold, top [B, T],
+    top_scores [B, T], top_boxes [B, T, 4], levels_of_anchor [A])``."""
+    check_tensor("objectness", objectness, ndim=2, kind="float")
+    check_tensor("deltas", deltas, ndim=3, last_dim=4, kind="float")
+    check_boxes("anchors", anchors)
+    num_images, num_anchors = objectness.shape
+    if tuple(deltas.shape[:2]) != (num_images, num_anchors):
+        raise ValueError(
+            f"deltas must have shape [B, A, 4] = [{num_images}, {num_anchors}, 4] to match objectness, "
+            f"got {tuple(deltas.shape)}"
+        )
+    if anchors.shape[0] != num_anchors:
+        raise ValueError(f"anchors must have shape [A, 4] with A = {num_anchors}, got {tuple(anchors.shape)}")
+    if isinstance(image_sizes, torch.Tensor) or len(image_sizes) != num_images:
+        raise ValueError(
+            f"image_sizes must be a list of {num_images} (height, width) pairs, got {image_sizes!r}"
+        )
+    sizes = [check_size(f"image_sizes[{i}]", s) for i, s in enumerate(image_sizes)]
+    if per_level and num_anchors_per_level is None:
+        raise ValueError("num_anchors_per_level is required when per_level=True, got None")
+    counts = None if num_anchors_per_level is None else _check_levels(num_anchors_per_level, num_anchors)
+    _check_count("pre_nms_top_n", pre_nms_top_n)
+    _check_count("post_nms_top_n", post_nms_top_n)
+    nms_threshold = _check_fraction("nms_threshold", nms_threshold)
+    if min_size < 0:
+        raise ValueError(f"min_size must be >= 0, got {min_size!r}")
+    objectness, deltas = objectness.detach(), deltas.detach()
+    anchors = anchors.detach().to(deltas.dtype)
+    device = objectness.device
+    levels_of_anchor = anchor_levels(counts if counts is not None else [num_anchors], device=device)
+
+    top = top_k_anchors(objectness, pre_nms_top_n, counts if per_level else None)  # [B, T]
+    top_scores = torch.sigmoid(objectness.gather(1, top))  # [B, T]
+    rows = torch.arange(num_images, device=device)[:, None]
+    top_boxes = decode_deltas(deltas[rows, top], anchors[top], weights, clamp)  # [B, T, 4]
+    return sizes, counts, nms_threshold, top, top_scores, top_boxes, levels_of_anchor
+
+
 def propose(
     objectness: torch.Tensor,
     deltas: torch.Tensor,
@@ -241,6 +283,11 @@ def propose(
 
     Inputs are detached: the proposals never carry a gradient (see the module docstring).
 
+    The whole batch goes through each step at once: one filter, one :func:`mrcnn_edu.nms.batched_nms` over
+    all images (images, and with ``per_level`` levels, as its groups), one read of the per-image counts; so
+    the number of host synchronisations does not grow with the batch. :func:`propose_loop` runs the steps
+    image by image and gives identical results.
+
     Returns a list of ``B`` dicts, one per image:
         ``boxes``: ``[P, 4]`` proposals inside the image, by decreasing score, ``P <= post_nms_top_n``;
         ``scores``: ``[P]`` objectness probabilities (``sigmoid`` of the logits);
@@ -250,41 +297,57 @@ def propose(
         in top-k order: ``pre_nms_boxes`` ``[M, 4]``, ``pre_nms_scores`` ``[M]``, ``pre_nms_levels`` int64
         ``[M]``, ``pre_nms_anchor_index`` int64 ``[M]``.
     """
-    check_tensor("objectness", objectness, ndim=2, kind="float")
-    check_tensor("deltas", deltas, ndim=3, last_dim=4, kind="float")
-    check_boxes("anchors", anchors)
-    num_images, num_anchors = objectness.shape
-    if tuple(deltas.shape[:2]) != (num_images, num_anchors):
-        raise ValueError(
-            f"deltas must have shape [B, A, 4] = [{num_images}, {num_anchors}, 4] to match objectness, "
-            f"got {tuple(deltas.shape)}"
-        )
-    if anchors.shape[0] != num_anchors:
-        raise ValueError(f"anchors must have shape [A, 4] with A = {num_anchors}, got {tuple(anchors.shape)}")
-    if isinstance(image_sizes, torch.Tensor) or len(image_sizes) != num_images:
-        raise ValueError(
-            f"image_sizes must be a list of {num_images} (height, width) pairs, got {image_sizes!r}"
-        )
-    sizes = [check_size(f"image_sizes[{i}]", s) for i, s in enumerate(image_sizes)]
-    if per_level and num_anchors_per_level is None:
-        raise ValueError("num_anchors_per_level is required when per_level=True, got None")
-    counts = None if num_anchors_per_level is None else _check_levels(num_anchors_per_level, num_anchors)
-    _check_count("pre_nms_top_n", pre_nms_top_n)
-    _check_count("post_nms_top_n", post_nms_top_n)
-    nms_threshold = _check_fraction("nms_threshold", nms_threshold)
-    if min_size < 0:
-        raise ValueError(f"min_size must be >= 0, got {min_size!r}")
+    sizes, counts, nms_threshold, top, top_scores, top_boxes, levels_of_anchor = _top_candidates(
+        objectness, deltas, anchors, image_sizes, num_anchors_per_level, pre_nms_top_n, post_nms_top_n,
+        nms_threshold, min_size, per_level, weights, clamp,
+    )  # fmt: skip
+    num_images, t = top.shape
+    device = top.device
+    if num_images == 0:
+        return []
+    # clip_and_filter for every image at once: clip to each image's own (width, height), then filter.
+    limits = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=top_boxes.dtype, device=device)
+    clipped = torch.minimum(top_boxes.clamp(min=0), limits[:, None, :])  # = clip_boxes, image by image
+    wide = (clipped[..., 2] - clipped[..., 0] >= min_size) & (clipped[..., 3] - clipped[..., 1] >= min_size)
+    candidate = torch.nonzero((wide & (top_scores >= score_threshold)).flatten()).flatten()  # image-major
+    image = torch.div(candidate, t, rounding_mode="floor")
+    boxes = clipped.reshape(-1, 4).index_select(0, candidate)
+    scores = top_scores.flatten().index_select(0, candidate)
+    anchor_index = top.flatten().index_select(0, candidate)
+    levels = levels_of_anchor.index_select(0, anchor_index)
 
-    objectness, deltas = objectness.detach(), deltas.detach()
-    anchors = anchors.detach().to(deltas.dtype)
-    device = objectness.device
-    levels_of_anchor = anchor_levels(counts if counts is not None else [num_anchors], device=device)
+    # NMS of all images at once, each image (and with per_level each of its levels) its own group.
+    fields = {"boxes": boxes, "scores": scores, "anchor_index": anchor_index, "levels": levels}
+    groups = image * len(counts) + levels if per_level else image
+    return batched_nms_per_image(
+        fields, groups, image, num_images, nms_threshold, post_nms_top_n, return_pre_nms
+    )
 
-    top = top_k_anchors(objectness, pre_nms_top_n, counts if per_level else None)  # [B, T]
-    rows = torch.arange(num_images, device=device)[:, None]
-    top_scores = torch.sigmoid(objectness[rows, top])  # [B, T]
-    top_boxes = decode_deltas(deltas[rows, top], anchors[top], weights, clamp)  # [B, T, 4]
 
+def propose_loop(
+    objectness: torch.Tensor,
+    deltas: torch.Tensor,
+    anchors: torch.Tensor,
+    image_sizes: Sequence[Sequence[int]],
+    num_anchors_per_level: Sequence[int] | None = None,
+    pre_nms_top_n: int = 6000,
+    post_nms_top_n: int = 2000,
+    nms_threshold: float = 0.7,
+    min_size: float = 0.0,
+    per_level: bool = False,
+    weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    score_threshold: float = 0.0,
+    clamp: float | None = DEFAULT_DELTA_CLAMP,
+    return_pre_nms: bool = False,
+) -> list[dict[str, torch.Tensor]]:
+    """:func:`propose` written image by image with the step functions above: the version to read.
+
+    Same arguments and results as :func:`propose` (tested identical).
+    """
+    sizes, counts, nms_threshold, top, top_scores, top_boxes, levels_of_anchor = _top_candidates(
+        objectness, deltas, anchors, image_sizes, num_anchors_per_level, pre_nms_top_n, post_nms_top_n,
+        nms_threshold, min_size, per_level, weights, clamp,
+    )  # fmt: skip
     results = []
     for i, size in enumerate(sizes):
         clipped, keep = clip_and_filter(top_boxes[i], top_scores[i], size, min_size, score_threshold)

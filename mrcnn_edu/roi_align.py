@@ -75,7 +75,7 @@ import torch.nn.functional as F
 
 from ._checks import check_boxes, check_size, check_tensor
 from ._tv import torchvision_ops
-from .boxes import box_area, to_matterport_normalized
+from .boxes import box_area, box_dtype, to_matterport_normalized
 
 __all__ = [
     "roi_align",
@@ -140,9 +140,17 @@ def _check_sampling_ratio(sampling_ratio) -> int:
     return sampling_ratio
 
 
-def _coordinate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Sample coordinates need at least float32: float16 cannot tell x = 271.3 from 271.25."""
-    return torch.promote_types(dtype, torch.float32)
+def _constant(inputs: Sequence[torch.Tensor], shape, value: float = 0.0) -> torch.Tensor:
+    """A new ``shape`` tensor full of ``value`` (in ``inputs[0]``'s dtype) that is part of the inputs' graph.
+
+    What an op returns when there is nothing to sample (no boxes, or an empty map). torchvision's kernels
+    return such outputs too, so ``backward()`` works on them and the inputs get a zero gradient. An empty
+    slice of each input is summed in (0, reading no value: an inf in the map cannot turn it into NaN).
+    """
+    out = inputs[0].new_full(shape, value)
+    for t in inputs:
+        out = out + t.reshape(-1)[:0].sum()
+    return out
 
 
 def _rois(input: torch.Tensor, boxes, name: str = "boxes") -> torch.Tensor:
@@ -170,7 +178,7 @@ def _rois(input: torch.Tensor, boxes, name: str = "boxes") -> torch.Tensor:
         )
     if rois.device != input.device:
         raise ValueError(f"{name} must be on the device of input ({input.device}), got {rois.device}")
-    rois = rois.detach().to(_coordinate_dtype(input.dtype))
+    rois = rois.detach().to(box_dtype(input.dtype))
     if rois.shape[0] > 0:
         index = rois[:, 0]
         if bool(((index < 0) | (index >= input.shape[0])).any()):
@@ -248,8 +256,8 @@ def roi_align_loop(
     rois, oh, ow, scale = _check_pool_args(input, boxes, output_size, spatial_scale)
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
     offset = 0.5 if aligned else 0.0  # feature cell c has its value at c + 0.5 in box coordinates
-    if input.shape[-2] == 0 or input.shape[-1] == 0:  # on an empty map every sample is outside: zeros
-        return input.new_zeros((rois.shape[0], input.shape[1], oh, ow))
+    if rois.shape[0] == 0 or input.shape[-2] == 0 or input.shape[-1] == 0:  # (an empty map reads zeros)
+        return _constant([input], (rois.shape[0], input.shape[1], oh, ow))
 
     pooled = []
     for roi in rois:
@@ -279,8 +287,6 @@ def roi_align_loop(
                 row.append(total / count)
             rows.append(torch.stack(row, dim=-1))  # [C, ow]
         pooled.append(torch.stack(rows, dim=-2))  # [C, oh, ow]
-    if not pooled:
-        return input.new_zeros((0, input.shape[1], oh, ow))
     return torch.stack(pooled).to(input.dtype)
 
 
@@ -363,8 +369,9 @@ def _axis_coordinates(start, bin_size, grid, bins: int, padded: int) -> torch.Te
     return start + p * bin_size + (i + 0.5) * bin_size / grid
 
 
-def _roi_align_bucket(rows, image, top, left, bin_h, bin_w, grid_h, grid_w, height, width, oh, ow):
-    """RoIAlign of ``k`` rois given their geometry (``[k]`` each) as ``[k, oh*ow, C]``, reading ``rows``.
+def _roi_align_bucket(rows, image, top, left, bin_h, bin_w, grid_h, grid_w, gh, gw, height, width, oh, ow):
+    """RoIAlign of ``k`` rois given their geometry (``[k]`` each) as ``[k, oh*ow, C]``, reading ``rows``;
+    ``gh, gw`` (ints) are the largest grid of the ``k`` rois.
 
     Bilinear weights are separable: the sample at ``(y, x)`` reads the cells ``{y_low, y_high} x {x_low,
     x_high}`` with weights ``w_y * w_x``. So the coordinates are computed per axis (``k * oh * gh`` rows and
@@ -372,7 +379,6 @@ def _roi_align_bucket(rows, image, top, left, bin_h, bin_w, grid_h, grid_w, heig
     Every roi is padded to the largest grid of the bucket with weight-0 samples.
     """
     k = top.shape[0]
-    gh, gw = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
     y_index, y_weight = _axis_samples(top, bin_h, grid_h, oh, gh, height)  # [k, oh, gh, 2]
     x_index, x_weight = _axis_samples(left, bin_w, grid_w, ow, gw, width)  # [k, ow, gw, 2]
     # Fold the image offset into the rows and the average (outside samples count too) into the weights.
@@ -382,6 +388,26 @@ def _roi_align_bucket(rows, image, top, left, bin_h, bin_w, grid_h, grid_w, heig
     index = y_index[:, :, None, :, None, :, None] + x_index[:, None, :, None, :, None, :]
     weight = y_weight[:, :, None, :, None, :, None] * x_weight[:, None, :, None, :, None, :]
     return _bag_sum(rows, index, weight, k * oh * ow).view(k, oh * ow, -1)
+
+
+def _bucket_chunks(bucket, samples, grid_h, grid_w):
+    """Cut rois sorted by ``bucket`` into chunks of about ``_MAX_SAMPLES_PER_CHUNK`` padded samples, none
+    spanning two buckets. bucket, samples, grid_h, grid_w: ``[K]``. Returns the chunk sizes and each chunk's
+    largest ``(grid_h, grid_w)`` (at least 1), read to the host together, once."""
+    k = bucket.shape[0]
+    new_bucket = torch.ones_like(bucket, dtype=torch.bool)
+    new_bucket[1:] = bucket[1:] != bucket[:-1]
+    start = torch.cumsum(samples, 0) - samples
+    bucket_start = torch.cummax(torch.where(new_bucket, start, 0), 0).values  # start is non-decreasing
+    part = torch.div(start - bucket_start, _MAX_SAMPLES_PER_CHUNK, rounding_mode="floor")
+    new_chunk = new_bucket.clone()
+    new_chunk[1:] |= part[1:] != part[:-1]
+    chunk = torch.cumsum(new_chunk, 0) - 1  # 0 .. chunks-1
+    largest = [torch.ones(k, dtype=torch.long, device=bucket.device).scatter_reduce(0, chunk, g, "amax")
+               for g in (grid_h, grid_w)]  # fmt: skip
+    counts, grid_h, grid_w = torch.stack((torch.bincount(chunk, minlength=k), *largest)).tolist()
+    chunks = sum(1 for n in counts if n > 0)
+    return counts[:chunks], list(zip(grid_h[:chunks], grid_w[:chunks], strict=True))
 
 
 def _chunks(samples: torch.Tensor, budget: int) -> list[int]:
@@ -426,17 +452,19 @@ def roi_align(
     _, c, h, w = input.shape
     k = rois.shape[0]
     if k == 0 or c == 0 or h == 0 or w == 0:  # on an empty map every sample is outside: zeros
-        return input.new_zeros((k, c, oh, ow))
+        return _constant([input], (k, c, oh, ow))
     tv = torchvision_ops()
     if tv is not None and input.is_cuda:
-        return tv.roi_align(input, rois.to(input.dtype), (oh, ow), scale, sampling_ratio, aligned)
+        # Its kernel reads the boxes in the input's dtype: half-precision maps go through float32.
+        wide = input.to(rois.dtype)
+        return tv.roi_align(wide, rois, (oh, ow), scale, sampling_ratio, aligned).to(input.dtype)
 
     rows = _channels_last_rows(input)
     image = rois[:, 0].long()
     geometry = _roi_geometry(rois, scale, oh, ow, sampling_ratio, aligned)
     grid_h, grid_w = geometry[4], geometry[5]
     # Adaptive grids differ per box: bucket the boxes by grid size rounded up to a power of 2, so padding
-    # every box to its bucket's largest grid at most doubles the samples per axis. Each bucket is then
+    # every box to its chunk's largest grid at most doubles the samples per axis. Each bucket is then
     # chunked so that the index and weight tensors stay bounded.
     rounded_h = 2 ** torch.ceil(torch.log2(grid_h.clamp(min=1).double())).long()
     rounded_w = 2 ** torch.ceil(torch.log2(grid_w.clamp(min=1).double())).long()
@@ -446,15 +474,12 @@ def roi_align(
         order = torch.argsort(bucket, stable=True)
         image, geometry, bucket = image[order], [t[order] for t in geometry], bucket[order]
         rounded_h, rounded_w = rounded_h[order], rounded_w[order]
-    sizes, first = [], 0
-    for run in torch.unique_consecutive(bucket, return_counts=True)[1].tolist():
-        padded = rounded_h[first : first + run] * rounded_w[first : first + run] * (oh * ow)
-        sizes += _chunks(padded, _MAX_SAMPLES_PER_CHUNK)
-        first += run
+    sizes, grids = _bucket_chunks(bucket, rounded_h * rounded_w * (oh * ow), geometry[4], geometry[5])
     pooled = [
-        _roi_align_bucket(rows, *parts, h, w, oh, ow)
-        for parts in zip(*(t.split(sizes) for t in (image, *geometry)), strict=True)
-    ]
+        _roi_align_bucket(rows, *parts, gh, gw, h, w, oh, ow)
+        for (gh, gw), parts in zip(grids, zip(*(t.split(sizes) for t in (image, *geometry)), strict=True),
+                                   strict=True)
+    ]  # fmt: skip
     out = pooled[0] if len(pooled) == 1 else torch.cat(pooled)
     out = out.view(k, oh, ow, c).permute(0, 3, 1, 2)
     if order is None:
@@ -514,11 +539,11 @@ def crop_and_resize(
             f"[{box_indices.min().item()}, {box_indices.max().item()}]"
         )
     if k == 0 or c == 0:
-        return input.new_zeros((k, c, ch, cw))
+        return _constant([input], (k, c, ch, cw))
     if h == 0 or w == 0:
-        return input.new_full((k, c, ch, cw), extrapolation_value)
+        return _constant([input], (k, c, ch, cw), extrapolation_value)
 
-    coordinate = _coordinate_dtype(input.dtype)
+    coordinate = box_dtype(input.dtype)
     y1, x1, y2, x2 = boxes.detach().to(coordinate).unbind(1)
     ys, xs = _crop_coordinates(y1, y2, ch, h), _crop_coordinates(x1, x2, cw, w)  # [K, ch], [K, cw]
     y_inside = (ys >= 0) & (ys <= h - 1)  # False for NaN too
@@ -553,7 +578,9 @@ def _roi_pool_bin_edges(rois: torch.Tensor, scale: float, oh: int, ow: int, h: i
     size_h = (corners[:, 3] - corners[:, 1] + 1).clamp(min=1)
 
     def bin_edges(first, size, bins, limit):  # [K] -> start, end [K, bins] in cells, clipped to the map
-        step = (size.to(rois.dtype) / bins)[:, None]
+        # A correctly rounded division, as torchvision's kernels do: on CUDA, dividing by a Python number
+        # multiplies by its reciprocal, whose last bit moves floor/ceil at whole cells (seen on an H200).
+        step = (size.to(rois.dtype) / torch.full_like(size, bins, dtype=rois.dtype))[:, None]
         p = torch.arange(bins, device=rois.device, dtype=rois.dtype)
         start = torch.floor(p * step).long() + first[:, None]
         end = torch.ceil((p + 1) * step).long() + first[:, None]
@@ -581,7 +608,7 @@ def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0
     _, c, h, w = input.shape
     k = rois.shape[0]
     if k == 0 or c == 0 or h == 0 or w == 0:  # on an empty map every bin is empty: zeros
-        return input.new_zeros((k, c, oh, ow))
+        return _constant([input], (k, c, oh, ow))
 
     row0, row1, col0, col1 = _roi_pool_bin_edges(rois, scale, oh, ow, h, w)
     rows_per_bin = (row1 - row0).clamp(min=0)[:, :, None].expand(k, oh, ow).reshape(-1)
@@ -718,8 +745,8 @@ def pyramid_roi_align(
     rois = _rois(features[0], boxes)
     oh, ow = _pair("output_size", output_size)
     k, c = rois.shape[0], features[0].shape[1]
-    if k == 0:
-        return features[0].new_zeros((0, c, oh, ow))
+    if k == 0:  # connected to every level, as torchvision's MultiScaleRoIAlign: all get a zero gradient
+        return _constant(features, (0, c, oh, ow))
 
     levels = assign_fpn_levels(
         rois[:, 1:],
@@ -752,7 +779,7 @@ def pyramid_roi_align(
 def _one_roi(box) -> torch.Tensor:
     """A single box ``[4]`` as a detached ``[1, 5]`` roi of image 0, at least float32."""
     check_tensor("box", box, ndim=1, last_dim=4, kind="float")
-    box = box.detach().to(_coordinate_dtype(box.dtype))
+    box = box.detach().to(box_dtype(box.dtype))
     return torch.cat((box.new_zeros(1), box))[None]
 
 
@@ -840,6 +867,6 @@ def crop_and_resize_sample_points(box: torch.Tensor, feature_size, crop_size) ->
     check_tensor("box", box, ndim=1, last_dim=4, kind="float")
     h, w = check_size("feature_size", feature_size)
     ch, cw = _pair("crop_size", crop_size)
-    y1, x1, y2, x2 = box.detach().to(_coordinate_dtype(box.dtype))[:, None]
+    y1, x1, y2, x2 = box.detach().to(box_dtype(box.dtype))[:, None]
     ys, xs = _crop_coordinates(y1, y2, ch, h)[0], _crop_coordinates(x1, x2, cw, w)[0]
     return torch.stack((ys[:, None].expand(ch, cw), xs[None, :].expand(ch, cw)), dim=-1)

@@ -50,10 +50,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from ._checks import check_boxes, check_size, check_tensor
-from .boxes import box_iou, encode_deltas
-from .matching import BACKGROUND, IGNORE, match_by_iou, sample_balanced
+from .boxes import box_dtype, box_iou, encode_deltas
+from .matching import BACKGROUND, IGNORE, match_by_iou, sample_balanced, sample_balanced_batch
 
 __all__ = ["MATTERPORT_CROWD_IOU", "rpn_targets", "rpn_targets_batch"]
 
@@ -68,6 +69,32 @@ def _anchors_inside(anchors: torch.Tensor, image_size, allowed_border: float) ->
     return (
         (anchors[:, 0] >= -b) & (anchors[:, 1] >= -b) & (anchors[:, 2] <= w + b) & (anchors[:, 3] <= h + b)
     )
+
+
+def _check_image(anchors, gt_boxes, gt_is_crowd, name: str = "") -> torch.Tensor:
+    """Check one image's GT against the anchors; return its crowd flags (all False when None)."""
+    check_boxes("anchors", anchors)
+    check_boxes(f"gt_boxes{name}", gt_boxes)
+    if gt_boxes.device != anchors.device:
+        raise ValueError(
+            f"gt_boxes{name} must be on the anchors' device {anchors.device}, got {gt_boxes.device}"
+        )
+    num_gt = gt_boxes.shape[0]
+    if gt_is_crowd is None:
+        return torch.zeros(num_gt, dtype=torch.bool, device=anchors.device)
+    check_tensor(f"gt_is_crowd{name}", gt_is_crowd, ndim=1, kind="bool")
+    if gt_is_crowd.shape[0] != num_gt:
+        raise ValueError(
+            f"gt_is_crowd{name} must have one entry per GT box ({num_gt}), got {gt_is_crowd.shape[0]}"
+        )
+    return gt_is_crowd
+
+
+def _check_options(positive_iou, negative_iou, image_size, allowed_border) -> None:
+    if not negative_iou <= positive_iou:
+        raise ValueError(f"negative_iou ({negative_iou}) must not exceed positive_iou ({positive_iou})")
+    if allowed_border is not None and image_size is None:
+        raise ValueError("image_size must be given with allowed_border, got None")
 
 
 def rpn_targets(
@@ -113,24 +140,13 @@ def rpn_targets(
       At most ``num_samples`` anchors are 0 or 1, at most ``int(num_samples * positive_fraction)`` are 1.
     - ``matched_gt``: int64 ``[N]``, index into ``gt_boxes`` of the GT box each positive (``labels == 1``)
       regresses to; -1 elsewhere.
-    - ``deltas``: ``[N, 4]`` in the anchors' dtype, :func:`mrcnn_edu.boxes.encode_deltas` of the matched GT
+    - ``deltas``: ``[N, 4]`` in the anchors' :func:`~mrcnn_edu.boxes.box_dtype` (at least float32),
+      :func:`mrcnn_edu.boxes.encode_deltas` of the matched GT
       box w.r.t. the anchor where ``labels == 1``; 0 elsewhere.
     - ``labels_before_sampling``: int64 ``[N]``, the same 1 / 0 / -1 before sampling (every candidate).
     """
-    check_boxes("anchors", anchors)
-    check_boxes("gt_boxes", gt_boxes)
-    if gt_boxes.device != anchors.device:
-        raise ValueError(f"gt_boxes must be on the anchors' device {anchors.device}, got {gt_boxes.device}")
-    num_gt = gt_boxes.shape[0]
-    if gt_is_crowd is None:
-        gt_is_crowd = torch.zeros(num_gt, dtype=torch.bool, device=anchors.device)
-    check_tensor("gt_is_crowd", gt_is_crowd, ndim=1, kind="bool")
-    if gt_is_crowd.shape[0] != num_gt:
-        raise ValueError(f"gt_is_crowd must have one entry per GT box ({num_gt}), got {gt_is_crowd.shape[0]}")
-    if not negative_iou <= positive_iou:
-        raise ValueError(f"negative_iou ({negative_iou}) must not exceed positive_iou ({positive_iou})")
-    if allowed_border is not None and image_size is None:
-        raise ValueError("image_size must be given with allowed_border, got None")
+    gt_is_crowd = _check_image(anchors, gt_boxes, gt_is_crowd)
+    _check_options(positive_iou, negative_iou, image_size, allowed_border)
 
     num_anchors = anchors.shape[0]
     device = anchors.device
@@ -165,7 +181,7 @@ def rpn_targets(
     # 4. Regression targets of the sampled positives, towards the GT box each one matched.
     matched_gt = torch.full((num_anchors,), -1, dtype=torch.long, device=device)
     matched_gt[positive] = object_idx[matches[positive]]
-    deltas = torch.zeros((num_anchors, 4), dtype=anchors.dtype, device=device)
+    deltas = torch.zeros((num_anchors, 4), dtype=box_dtype(anchors.dtype), device=device)
     deltas[positive] = encode_deltas(gt_boxes[matched_gt[positive]], anchors[positive], weights)
     return {
         "labels": labels,
@@ -175,18 +191,37 @@ def rpn_targets(
     }
 
 
+_READABLE = rpn_targets
+
+
 def rpn_targets_batch(
     anchors: torch.Tensor,
     gt_boxes: Sequence[torch.Tensor],
     gt_is_crowd: Sequence[torch.Tensor | None] | None = None,
-    **kwargs,
+    positive_iou: float = 0.7,
+    negative_iou: float = 0.3,
+    num_samples: int = 256,
+    positive_fraction: float = 0.5,
+    weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    allow_low_quality: bool = True,
+    generator: torch.Generator | None = None,
+    *,
+    crowd_iou: float = MATTERPORT_CROWD_IOU,
+    image_size: Sequence[int] | None = None,
+    allowed_border: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """:func:`rpn_targets` for each image of a batch that shares one set of anchors, stacked.
+    """:func:`rpn_targets` for every image of a batch that shares one set of anchors, all at once.
 
     anchors: ``[N, 4]`` (the same for every image: images are padded to one size).
     gt_boxes: ``B`` tensors ``[G_b, 4]``. gt_is_crowd: None, or ``B`` entries ``[G_b]`` bool or None.
-    kwargs: the other arguments of :func:`rpn_targets` (a ``generator`` is drawn from image by image).
-    Returns the same keys with a leading batch dimension: ``[B, N]`` int64 and ``deltas`` ``[B, N, 4]``.
+    The other arguments as :func:`rpn_targets` (``image_size`` and ``allowed_border`` apply to every image).
+    Returns the same keys with a leading batch dimension: ``[B, N]`` int64 and ``deltas`` ``[B, N, 4]``,
+    identical to stacking :func:`rpn_targets` of each image (the generator is drawn from image by image, in
+    the same order).
+
+    The GT boxes are padded to ``[B, G_max, 4]`` and matched against the anchors in one batched IoU; padding
+    and crowd rows get IoU -1, which never matches. Sampling reads the per-image counts once
+    (:func:`mrcnn_edu.matching.sample_balanced_batch`), so the host synchronisations do not grow with B.
     """
     check_boxes("anchors", anchors)
     if isinstance(gt_boxes, torch.Tensor) and gt_boxes.dim() != 3:
@@ -194,14 +229,65 @@ def rpn_targets_batch(
     crowd = [None] * len(gt_boxes) if gt_is_crowd is None else list(gt_is_crowd)
     if len(crowd) != len(gt_boxes):
         raise ValueError(f"gt_is_crowd must have one entry per image ({len(gt_boxes)}), got {len(crowd)}")
-    per_image = [rpn_targets(anchors, g, c, **kwargs) for g, c in zip(gt_boxes, crowd, strict=True)]
-    if not per_image:
-        n = anchors.shape[0]
-        empty = torch.zeros((0, n), dtype=torch.long, device=anchors.device)
+    pairs = enumerate(zip(gt_boxes, crowd, strict=True))
+    crowd = [_check_image(anchors, g, c, f"[{i}]") for i, (g, c) in pairs]
+    _check_options(positive_iou, negative_iou, image_size, allowed_border)
+    num_images, num_anchors, device = len(gt_boxes), anchors.shape[0], anchors.device
+    labels_before = torch.full((num_images, num_anchors), -1, dtype=torch.long, device=device)
+    if num_images == 0:
         return {
-            "labels": empty,
-            "matched_gt": empty.clone(),
-            "deltas": torch.zeros((0, n, 4), dtype=anchors.dtype, device=anchors.device),
-            "labels_before_sampling": empty.clone(),
+            "labels": labels_before,
+            "matched_gt": labels_before.clone(),
+            "deltas": torch.zeros((0, num_anchors, 4), dtype=box_dtype(anchors.dtype), device=device),
+            "labels_before_sampling": labels_before.clone(),
         }
-    return {key: torch.stack([t[key] for t in per_image]) for key in per_image[0]}
+    if rpn_targets is not _READABLE:  # an exercise swapped a student's rpn_targets in: run it per image
+        per_image = [
+            rpn_targets(anchors, g, c, positive_iou, negative_iou, num_samples, positive_fraction, weights,
+                        allow_low_quality, generator, crowd_iou=crowd_iou, image_size=image_size,
+                        allowed_border=allowed_border)
+            for g, c in zip(gt_boxes, gt_is_crowd or crowd, strict=True)
+        ]  # fmt: skip
+        return {key: torch.stack([t[key] for t in per_image]) for key in per_image[0]}
+    gt_boxes = [g.to(anchors.dtype) for g in gt_boxes]
+    gts = pad_sequence(gt_boxes, batch_first=True)  # [B, G, 4]
+    is_crowd = pad_sequence(crowd, batch_first=True)  # [B, G]
+    real = pad_sequence([torch.ones_like(c) for c in crowd], batch_first=True)  # False: padding
+    num_gt = gts.shape[1]
+
+    # 1. Match (anchors outside the allowed border take no part: IoU -1 with everything, then IGNORE).
+    # One box_iou per image (no host sync in it), padded with -1 rows: [B, G, N].
+    iou = pad_sequence([box_iou(g, anchors) for g in gt_boxes], batch_first=True, padding_value=-1.0)
+    candidate = None if allowed_border is None else _anchors_inside(anchors, image_size, allowed_border)
+    objects = iou.masked_fill(~(real & ~is_crowd)[:, :, None], -1.0)
+    if candidate is not None:
+        objects = objects.masked_fill(~candidate, -1.0)
+    matches = match_by_iou(objects, positive_iou, negative_iou, allow_low_quality)  # [B, N]
+    if candidate is not None:
+        matches = torch.where(candidate, matches, IGNORE)
+
+    # 2. Crowd boxes: no negatives on them.
+    if any(c is not None for c in (gt_is_crowd or [])) and num_gt > 0:
+        crowd_overlap = iou.masked_fill(~(real & is_crowd)[:, :, None], -1.0).amax(dim=1)  # [B, N]
+        matches = torch.where((matches == BACKGROUND) & (crowd_overlap >= crowd_iou), IGNORE, matches)
+
+    labels_before = torch.where(matches >= 0, 1, torch.where(matches == BACKGROUND, 0, -1))
+
+    # 3. Sample every image at once; 4. regression targets of the sampled positives.
+    positive, negative, _, _ = sample_balanced_batch(labels_before, num_samples, positive_fraction, generator)
+    labels = torch.full((num_images * num_anchors,), -1, dtype=torch.long, device=device)
+    labels[positive] = 1
+    labels[negative] = 0
+    matched = matches.flatten().index_select(0, positive)  # GT index within its image
+    image, anchor = torch.div(positive, num_anchors, rounding_mode="floor"), positive % num_anchors
+    matched_gt = torch.full_like(labels, -1)
+    matched_gt[positive] = matched
+    deltas = torch.zeros((num_images * num_anchors, 4), dtype=box_dtype(anchors.dtype), device=device)
+    targets = gts.reshape(-1, 4).index_select(0, image * num_gt + matched)
+    deltas[positive] = encode_deltas(targets, anchors.index_select(0, anchor), weights)
+    return {
+        "labels": labels.view(num_images, num_anchors),
+        "matched_gt": matched_gt.view(num_images, num_anchors),
+        "deltas": deltas.view(num_images, num_anchors, 4),
+        "labels_before_sampling": labels_before,
+    }

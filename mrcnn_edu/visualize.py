@@ -5,8 +5,10 @@ draws with matplotlib's object API (:class:`matplotlib.figure.Figure`, never ``p
 (the CLI writes PNGs) and in notebooks alike. A function given ``ax`` draws into it (a notebook's
 ``plt.subplots`` grid); without ``ax`` it makes its own figure, reached as ``ax.figure``. The CLI's outputs
 are :func:`save_detections` (``mrcnn-edu predict``) and :func:`compare_figure` (``mrcnn-edu demo``); notebooks
-use :func:`draw_instances`, :func:`show_boxes`, :func:`show_anchors`, :func:`feature_grid`, :func:`heatmap`,
-:func:`log` and :func:`summarize_trace` rather than drawing by hand.
+use :func:`draw_instances`, :func:`show_boxes`, :func:`overlay_boxes`, :func:`show_anchors`,
+:func:`show_suppression`, :func:`feature_grid`, :func:`heatmap`, :func:`legend_outside`, :func:`log` and
+:func:`summarize_trace` rather than drawing by hand; :func:`architecture_figure` maps the stages of
+:meth:`mrcnn_edu.model.MaskRCNN.trace` onto matterport's layer names (:data:`MATTERPORT_NAMES`).
 
 Shape glossary
     H, W: image (or feature map) height and width in pixels
@@ -19,8 +21,9 @@ see :mod:`mrcnn_edu.boxes`), while ``imshow`` puts pixel ``(r, c)``'s *centre* a
 therefore drawn from ``(x1 - 0.5, y1 - 0.5)``, and mask outlines follow the edges of the mask's pixels.
 
 Matterport's ``visualize.py`` (``display_instances``, ``log``, ``draw_boxes``) is the model for these helpers;
-unlike it, colours are deterministic (the same instance index always gets the same colour) and masks may be
-the model's probabilities (thresholded at ``mask_threshold``, 0.5 as in both matterport and torchvision).
+unlike it, colours are deterministic (the same instance index always gets the same colour, or with
+:func:`class_colors` the same class) and masks may be the model's probabilities (thresholded at
+``mask_threshold``, 0.5 as in both matterport and torchvision).
 """
 
 from __future__ import annotations
@@ -36,17 +39,25 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.patches import PathPatch, Rectangle
+from matplotlib.patches import FancyBboxPatch, PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
+from matplotlib.patheffects import Normal, Stroke
+from matplotlib.ticker import MaxNLocator
 
 from ._checks import check_boxes, check_tensor
 from .losses import LOSS_NAMES
 
 __all__ = [
+    "MATTERPORT_NAMES",
     "instance_colors",
+    "class_colors",
     "draw_instances",
     "show_boxes",
+    "overlay_boxes",
     "show_anchors",
+    "show_suppression",
+    "architecture_figure",
+    "legend_outside",
     "compare_figure",
     "save_detections",
     "plot_losses",
@@ -72,6 +83,17 @@ def instance_colors(n: int) -> list[tuple[float, float, float]]:
         raise ValueError(f"n must be non-negative, got {n}")
     return [colorsys.hsv_to_rgb((i * _GOLDEN) % 1.0, 0.85 if i % 2 == 0 else 0.65, 0.95 - 0.2 * (i // 8 % 2))
             for i in range(n)]  # fmt: skip
+
+
+def class_colors(labels) -> list[tuple[float, float, float]]:
+    """One colour per entry of ``labels`` (``[N]`` integer class indices, a tensor or a sequence), the same
+    for every instance of a class: class ``k`` gets ``instance_colors(k + 1)[k]``, whatever the other labels
+    are, so ground truth and detections drawn with it agree in colour when they agree in class."""
+    values = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
+    if any(not isinstance(v, int) or v < 0 for v in values):
+        raise ValueError(f"labels must be non-negative integer class indices, got {values}")
+    palette = instance_colors(max(values, default=-1) + 1)
+    return [palette[v] for v in values]
 
 
 def _text_color(rgb) -> str:
@@ -174,14 +196,18 @@ def _show_image(ax: Axes, pixels: np.ndarray, title: str | None) -> None:
 
 # ---------------------------------------------------------------------------------------------- drawing
 def _draw_boxes(ax: Axes, boxes: np.ndarray, colors, captions=None, *, linewidth: float = 1.5,
-                linestyle: str = "-", image_height: int | None = None) -> None:  # fmt: skip
+                linestyle: str = "-", image_height: int | None = None,
+                halo: bool = False) -> None:  # fmt: skip
     """Rectangles (and captions, where not empty) for ``boxes`` ``[N, 4]`` pixel xyxy; the one box-drawing
     routine. A caption sits just above its box, or inside the box's top when the box touches the image's top.
+    ``halo`` draws a thin black line under each rectangle, so that a box stays visible on an object of its
+    own colour.
     """
+    effects = [Stroke(linewidth=linewidth + 1.6, foreground="black"), Normal()] if halo else None
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         color = to_rgb(colors[i])
         ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=color,
-                               linewidth=linewidth, linestyle=linestyle))  # fmt: skip
+                               linewidth=linewidth, linestyle=linestyle, path_effects=effects))  # fmt: skip
         if captions is not None and captions[i]:
             above = image_height is None or y1 > 0.06 * image_height
             ax.text(x1 - 0.5, y1 - 0.5, captions[i], fontsize=7, color=_text_color(color),
@@ -318,6 +344,54 @@ def show_boxes(
     return ax
 
 
+def overlay_boxes(
+    ax: Axes,
+    boxes: torch.Tensor,
+    color=None,
+    colors: Sequence | None = None,
+    labels: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+    linestyle: str = "-",
+    linewidth: float = 1.5,
+    scale: float = 1.0,
+    pixel_edges: bool = True,
+    halo: bool = False,
+) -> Axes:
+    """Boxes drawn over what ``ax`` already shows (an image from :func:`draw_instances` or :func:`show_boxes`,
+    a :func:`heatmap`), without drawing the picture again: masks and earlier boxes stay visible.
+
+    boxes: ``[N, 4]`` float ``(x1, y1, x2, y2)``, multiplied by ``scale`` first (``1 / stride`` puts image
+    boxes on a feature map). pixel_edges: True (the default, as every drawing here) when the coordinates are
+    pixel edges, pixel ``(r, c)`` covering ``[c, c + 1) x [r, r + 1)``, so edge ``x1`` is drawn at
+    ``x1 - 0.5``; False when they are positions on the map's own grid, whose cell ``(r, c)`` is centred at
+    ``(c, r)``: e.g. ground-truth boxes over an objectness map with ``scale = 1 / stride``, where cell ``j``
+    holds the anchors centred at pixel ``j * stride`` (offset 0), so that the drawn box encloses exactly the
+    cells whose anchors are centred inside the object.
+    color: one colour for every box; colors: one per box; neither: :func:`instance_colors`.
+    labels ``[N]`` int and scores ``[N]`` float are optional captions (with ``class_names``).
+    halo: a thin black line under each box. The view (axis limits) is left as it was. Returns ``ax``.
+    """
+    if not isinstance(ax, Axes):
+        raise ValueError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
+    box_array = _boxes_to_numpy(boxes) * float(scale) + (0.0 if pixel_edges else 0.5)
+    n = len(box_array)
+    labels = _vector("labels", labels, n, "int")
+    scores = _vector("scores", scores, n, "float")
+    if colors is not None and color is not None:
+        raise ValueError("give color (one for all boxes) or colors (one per box), not both")
+    if colors is None:
+        colors = instance_colors(n) if color is None else [color] * n
+    elif len(colors) != n:
+        raise ValueError(f"colors must have one colour per box ({n}), got {len(colors)}")
+    xlim, ylim = ax.get_xlim(), ax.get_ylim()
+    _draw_boxes(ax, box_array, colors, _captions(labels, scores, class_names, n), linewidth=linewidth,
+                linestyle=linestyle, image_height=abs(ylim[0] - ylim[1]), halo=halo)  # fmt: skip
+    ax.set_xlim(xlim)
+    ax.set_ylim(ylim)
+    return ax
+
+
 def show_anchors(
     image: torch.Tensor,
     anchors: torch.Tensor,
@@ -326,13 +400,15 @@ def show_anchors(
     color=None,
     indices: torch.Tensor | None = None,
     title: str | None = None,
+    halo: bool = False,
 ) -> Axes:
     """Some anchors over an image, dashed; the view grows to show anchors that reach past the image.
 
     anchors: ``[A, 4]`` float pixel xyxy (e.g. :func:`mrcnn_edu.anchors.pyramid_anchors`'s). Drawn: the
     anchors at ``indices`` (``[k]`` integer or ``[A]`` bool, e.g. the positive anchors of the RPN targets)
     when given, else ``max_anchors`` anchors evenly spaced through the list (all when ``A <= max_anchors``).
-    color: one colour for all, or None for :func:`instance_colors`. Returns the axes.
+    color: one colour for all, or None for :func:`instance_colors`. halo: a black line under each anchor,
+    so it stays visible on an object of its own colour. Returns the axes.
     """
     pixels = _image_to_numpy(image)
     check_boxes("anchors", anchors)
@@ -349,13 +425,178 @@ def show_anchors(
     colors = instance_colors(len(box_array)) if color is None else [color] * len(box_array)
     ax = _new_axes(h, w, ax)
     _show_image(ax, pixels, title)
-    _draw_boxes(ax, box_array, colors, linewidth=1.0, linestyle="--")
+    _draw_boxes(ax, box_array, colors, linewidth=1.0, linestyle="--", halo=halo)
     if len(box_array):
         x0 = min(-0.5, box_array[:, 0].min() - 0.5)
         y0 = min(-0.5, box_array[:, 1].min() - 0.5)
         ax.set_xlim(x0, max(w - 0.5, box_array[:, 2].max() - 0.5))
         ax.set_ylim(max(h - 0.5, box_array[:, 3].max() - 0.5), y0)
     return ax
+
+
+def show_suppression(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    kept: int,
+    suppressed: torch.Tensor,
+    ax: Axes | None = None,
+    scores: torch.Tensor | None = None,
+    earlier: torch.Tensor | None = None,
+    color="tab:red",
+    title: str | None = None,
+) -> Axes:
+    """One decision of greedy NMS (:func:`mrcnn_edu.nms.nms_steps` yields them): the box kept, solid in
+    ``color``, and the boxes it suppressed, dashed light grey on top of it.
+
+    boxes: ``[N, 4]`` float pixel xyxy, all the candidates; kept: the index of the kept box; suppressed:
+    ``[S]`` integer indices of the boxes it removed; scores: ``[N]`` float, captions the kept box and, in the
+    default title, gives the best suppressed score; earlier: ``[E]`` integer indices of boxes kept at earlier
+    steps, drawn thin and white (they had their turn first). The default title counts the suppressed boxes.
+    Returns the axes.
+    """
+    pixels = _image_to_numpy(image)
+    box_array = _boxes_to_numpy(boxes)
+    n = len(box_array)
+    if not 0 <= int(kept) < n:
+        raise ValueError(f"kept must index one of the {n} boxes, got {kept}")
+    check_tensor("suppressed", suppressed, ndim=1, kind="index")
+    scores = _vector("scores", scores, n, "float")
+    suppressed = suppressed.detach().cpu()
+    if title is None:
+        title = f"box {int(kept)} kept, {len(suppressed)} suppressed"
+        if scores is not None and len(suppressed):
+            title += f" (best {scores[suppressed].max().item():.2f})"
+    ax = _new_axes(*pixels.shape[:2], ax)
+    _show_image(ax, pixels, title)
+    if earlier is not None:
+        check_tensor("earlier", earlier, ndim=1, kind="index")
+        done = box_array[earlier.detach().cpu().numpy()]
+        _draw_boxes(ax, done, ["white"] * len(done), linewidth=0.8, linestyle=":")
+    caption = None if scores is None else [f"{scores[int(kept)].item():.2f}"]
+    _draw_boxes(ax, box_array[[int(kept)]], [color], caption, linewidth=2.0, image_height=pixels.shape[0],
+                halo=True)  # fmt: skip
+    # on top of the kept box, which they often nearly coincide with; the halo keeps them visible on any colour
+    gone = box_array[suppressed.numpy()]
+    _draw_boxes(ax, gone, ["0.85"] * len(gone), linewidth=1.0, linestyle="--", halo=True)
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------- architecture
+#: For each stage name of :meth:`mrcnn_edu.model.MaskRCNN.trace` (:data:`mrcnn_edu.model.TRACE_STAGES`),
+#: where matterport's Mask R-CNN (github.com/matterport/Mask_RCNN, ``mrcnn/model.py`` and ``utils.py``)
+#: computes the same thing: its layer, graph function or method, and the tensor's name where it has one.
+MATTERPORT_NAMES = {
+    "image_metas": "compose_image_meta (in mold_inputs)",
+    "molded_images": "mold_inputs: utils.resize_image, mold_image",
+    "backbone": "resnet_graph: C2..C5",
+    "fpn": "fpn_c5p5 ... fpn_p2 (top-down adds), fpn_p6",
+    "anchors": "get_anchors: utils.generate_pyramid_anchors",
+    "anchors_per_level": "utils.generate_anchors, once per level",
+    "rpn_objectness": "build_rpn_model / rpn_graph: rpn_class_logits",
+    "rpn_deltas": "build_rpn_model / rpn_graph: rpn_bbox",
+    "proposals_pre_nms": "ProposalLayer: top-k, apply_box_deltas_graph, clip_boxes_graph",
+    "proposals": "ProposalLayer: non_max_suppression",
+    "rpn_targets": "build_rpn_targets (in data_generator)",
+    "roi_targets": "DetectionTargetLayer: detection_targets_graph",
+    "box_features": "PyramidROIAlign (in fpn_classifier_graph)",
+    "class_logits": "fpn_classifier_graph: mrcnn_class_logits",
+    "box_deltas": "fpn_classifier_graph: mrcnn_bbox",
+    "detections_pre_nms": "DetectionLayer: refine_detections_graph, before its NMS",
+    "detections": "DetectionLayer: refine_detections_graph",
+    "mask_features": "PyramidROIAlign (in build_fpn_mask_graph)",
+    "mask_logits": "build_fpn_mask_graph: mrcnn_mask",
+    "losses": "rpn_{class,bbox}_loss_graph, mrcnn_{class,bbox,mask}_loss_graph",
+    "results": "unmold_detections: utils.unmold_mask",
+}
+
+# The drawing's boxes: (trace stages, notebook) from top to bottom; both paths share the first column.
+_SHARED_PATH = [
+    (("image_metas", "molded_images"), "01"),
+    (("backbone",), "02"),
+    (("fpn",), "02"),
+    (("anchors", "anchors_per_level"), "03"),
+    (("rpn_objectness", "rpn_deltas"), "04"),
+    (("proposals_pre_nms", "proposals"), "05"),
+]
+_TRAIN_PATH = [
+    (("rpn_targets",), "04"),
+    (("roi_targets",), "06"),
+    (("box_features", "mask_features"), "07"),
+    (("class_logits", "box_deltas", "mask_logits"), "08"),
+    (("losses",), "08"),
+]
+_EVAL_PATH = [
+    (("box_features",), "07"),
+    (("class_logits", "box_deltas"), "08"),
+    (("detections_pre_nms", "detections"), "09"),
+    (("mask_features",), "07"),
+    (("mask_logits",), "08"),
+    (("results",), "10"),
+]
+
+
+def architecture_figure() -> Figure:
+    """Mask R-CNN as :meth:`mrcnn_edu.model.MaskRCNN.trace` records it, mapped onto matterport's names.
+
+    Each box is one step of the forward pass: its trace stage names (monospace, bold), the layer or function
+    of matterport's implementation that computes the same tensor (italic, :data:`MATTERPORT_NAMES`) and the
+    notebook that takes it apart (top right). The shared steps run in one column; below them the training
+    path (``model(images, targets)``: targets sampled, box and mask heads in parallel, five losses) and the
+    inference path (``model(images)``: detection layer, then the mask head on the detections) run side by
+    side. Returns the figure (``fig.savefig(path)`` to keep it).
+    """
+    line = 1.0  # vertical unit: one text line
+    gap = 1.1  # between boxes (room for an arrow)
+
+    def height(stages) -> float:
+        return line * (len(stages) + 0.9)
+
+    shared_h = sum(height(st) + gap for st, _ in _SHARED_PATH)
+    branch_h = max(sum(height(st) + gap for st, _ in path) for path in (_TRAIN_PATH, _EVAL_PATH))
+    total = shared_h + branch_h + 2.5 * line
+    fig = Figure(figsize=(13.0, 0.2 * total))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(total, 0)
+    ax.set_axis_off()
+
+    def draw_box(stages, notebook, x_mid, top, width, color) -> tuple[float, float]:
+        h, left = height(stages), x_mid - width / 2
+        # rounded corners of equal size in x and y: the y unit is 0.2 inch, the x unit the 13-inch width
+        ax.add_patch(FancyBboxPatch((left, top), width, h, boxstyle="round,pad=0,rounding_size=0.005",
+                                    mutation_aspect=13.0 / 0.2, facecolor=(*to_rgb(color), 0.12),
+                                    edgecolor=color, linewidth=1.2))  # fmt: skip
+        ax.text(left + 0.006, top + line * 0.95, notebook, fontsize=8, weight="bold", color=color,
+                va="baseline")  # fmt: skip
+        for k, stage in enumerate(stages):
+            y = top + line * (k + 0.95)
+            ax.text(left + 0.04, y, stage, fontsize=8, family="monospace", weight="bold", va="baseline")
+            ax.text(left + 0.19, y, MATTERPORT_NAMES[stage], fontsize=7.5, style="italic", color="0.2",
+                    va="baseline")  # fmt: skip
+        return top, top + h
+
+    def arrow(x0, y0, x1, y1) -> None:
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops={"arrowstyle": "-|>", "color": "0.35", "lw": 1.0, "shrinkA": 0, "shrinkB": 0})
+
+    ax.text(0.5, 0.9 * line, "notebook   stage of model.trace()   matterport's layer or function",
+            ha="center", fontsize=9, weight="bold")  # fmt: skip
+    y, previous = 1.6 * line, None
+    for stages, notebook in _SHARED_PATH:
+        top, bottom = draw_box(stages, notebook, 0.5, y, 0.56, "tab:gray")
+        if previous is not None:
+            arrow(0.5, previous, 0.5, top)
+        previous, y = bottom, bottom + gap
+    columns = ((0.25, _TRAIN_PATH, "tab:orange", "training: model(images, targets)"),
+               (0.75, _EVAL_PATH, "tab:blue", "inference: model(images)"))  # fmt: skip
+    for x_mid, path, color, name in columns:
+        ax.text(x_mid, y + 0.2 * line, name, ha="center", fontsize=8.5, weight="bold", color=color)
+        branch_y, last = y + 0.9 * line, previous
+        for i, (stages, notebook) in enumerate(path):
+            top, bottom = draw_box(stages, notebook, x_mid, branch_y, 0.48, color)
+            arrow(0.5 if i == 0 else x_mid, last, x_mid, top)
+            last, branch_y = bottom, bottom + gap
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -435,12 +676,6 @@ def compare_figure(
         raise ValueError(f"max_images must be >= 1, got {max_images}")
     count = min(len(images), max_images)
     kept = [_keep_scores(p, score_threshold) for p in predictions[:count]]
-    shown_labels = [int(v) for d in [*targets[:count], *kept] for v in d["labels"].tolist()]
-    palette = instance_colors(max(len(class_names or ()), max(shown_labels, default=0) + 1))
-
-    def class_colors(labels: torch.Tensor) -> list:
-        return [palette[v] for v in labels.tolist()]
-
     fig = Figure(figsize=(2.6 * count, 5.4), layout="constrained")
     axes = fig.subplots(2, count, squeeze=False)
     for j in range(count):
@@ -536,12 +771,31 @@ def plot_losses(
         more_handles, more_names = twin.get_legend_handles_labels()
         handles, names = handles + more_handles, names + more_names
     if handles:  # below the plot, where no curve can hide it
-        ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14),
-                  ncol=min(4, len(handles)), frameon=False)  # fmt: skip
+        legend_outside(ax, handles, names, ncol=min(4, len(handles)))
     fig = ax.figure
     if path is not None:
         fig.savefig(Path(path))
     return fig
+
+
+def legend_outside(ax: Axes, handles=None, labels=None, where: str = "below", ncol: int | None = None,
+                   fontsize: float = 7):  # fmt: skip
+    """A legend beside the axes instead of on them, so that it never covers data; returns the legend.
+
+    handles / labels: as ``ax.legend`` (default: the axes' labelled artists). where: ``"below"`` (under the
+    x axis label, in ``ncol`` columns, default up to 4) or ``"right"`` (one column right of the axes).
+    Figures made with ``layout="constrained"`` make room for it.
+    """
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if where == "below":
+        ncol = ncol if ncol is not None else max(1, min(4, len(handles)))
+        return ax.legend(handles, labels, fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+                         ncol=ncol, frameon=False)  # fmt: skip
+    if where == "right":
+        return ax.legend(handles, labels, fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                         ncol=ncol or 1, frameon=False)  # fmt: skip
+    raise ValueError(f"where must be 'below' or 'right', got {where!r}")
 
 
 def _ema(values, factor: float) -> list[float]:
@@ -568,18 +822,35 @@ def heatmap(
     colorbar: bool = True,
     vmin: float | None = None,
     vmax: float | None = None,
+    values: str | None = None,
+    cell_ticks: bool = False,
+    aspect: str = "equal",
 ) -> Axes:
     """One ``[H, W]`` map (objectness of one anchor shape, a feature channel, a mask) as a colour image.
 
     Pixel ``(r, c)`` is centred at ``(c, r)`` as in the image drawings. ``vmin`` / ``vmax`` fix the colour
-    scale (e.g. 0 and 1 for probabilities, or one scale shared by several maps). Returns the axes.
+    scale (e.g. 0 and 1 for probabilities, or one scale shared by several maps, so that equal colours mean
+    equal numbers); ``colorbar`` draws the scale beside the map.
+    values: a format such as ``".2f"``: every cell's number is written in it (for small maps, e.g. a
+        ``2 x 2`` RoIAlign output), in black or white, whichever reads better on the cell's colour.
+    cell_ticks: integer ticks (row and column indices of the cells) instead of none.
+    aspect: ``"equal"`` (square cells) or ``"auto"`` (fill the axes, e.g. a tall ``[ROIs, classes]`` table).
+    Returns the axes.
     """
-    values = _as_2d_or_3d("tensor", tensor, 2)
-    ax = _new_axes(values.shape[0], values.shape[1], ax, inches=4.0)
-    image = ax.imshow(values.numpy(), cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
+    data = _as_2d_or_3d("tensor", tensor, 2)
+    ax = _new_axes(data.shape[0], data.shape[1], ax, inches=4.0)
+    image = ax.imshow(data.numpy(), cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax, aspect=aspect)
     if colorbar:
         ax.figure.colorbar(image, ax=ax, shrink=0.8)
     _bare_axes(ax, title)
+    if cell_ticks:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+    if values is not None:
+        for (r, c), v in np.ndenumerate(data.numpy()):
+            rgb = image.cmap(image.norm(v))
+            ax.text(c, r, format(v, values), ha="center", va="center", fontsize=7, color=_text_color(rgb))
     return ax
 
 
@@ -594,6 +865,9 @@ def show_roi_sampling(
     color="tab:blue",
     box_color="red",
     marker: str = "o",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    colorbar: bool = False,
 ) -> Axes:
     """Where an RoI sampler reads a feature map: the map's cells, the box, the sample points and/or the bins.
 
@@ -607,7 +881,9 @@ def show_roi_sampling(
     bins: ``[..., 4]`` ``(y1, x1, y2, x2)``: int64 cell ranges with exclusive ends
         (:func:`mrcnn_edu.roi_align.roi_pool_bins`), drawn as filled cells, one colour per bin (empty bins are
         skipped); or float coordinates (:func:`mrcnn_edu.roi_align.roi_align_bins`), drawn as dashed outlines
-        in ``color``. Returns the axes.
+        in ``color``.
+    vmin / vmax: the colour scale of the map (e.g. shared with :func:`heatmap` drawings of the pooled
+    outputs); colorbar: draw it beside the map. Returns the axes.
     """
     values = _as_2d_or_3d("feature", feature, 2)
     h, w = values.shape
@@ -623,7 +899,9 @@ def show_roi_sampling(
         filled = not bins.is_floating_point()
         bins = bins.detach().cpu().double().reshape(-1, 4).numpy()
     ax = _new_axes(h + 2, w + 2, ax, inches=4.0)
-    ax.imshow(values.numpy(), cmap=cmap, interpolation="nearest")
+    image = ax.imshow(values.numpy(), cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, shrink=0.8)
     for k in range(w + 1):
         ax.axvline(k - 0.5, color="0.6", linewidth=0.5)
     for k in range(h + 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -25,12 +26,16 @@ def torchvision_reference():
 
 
 # ------------------------------------------------------------------------------------------ a real browser
-#: Debian's Chromium (apt-get install chromium); Playwright drives it (never `playwright install`).
-CHROMIUM = Path(os.environ.get("MRCNN_EDU_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+def _browser_settings():
+    """Debian's Chromium and its flags, as scripts/widget_screenshots.py (the one place they are written)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "widget_screenshots.py"
+    spec = importlib.util.spec_from_file_location("widget_screenshots", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.CHROMIUM, module.CHROMIUM_ARGS
+
+
+CHROMIUM, CHROMIUM_ARGS = _browser_settings()
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrcnn_edu._conv import Conv2d
 from mrcnn_edu.backbone import (
     BACKBONE_SPECS,
     FrozenBatchNorm2d,
     build_backbone,
+    conv_norm,
     load_imagenet_state_dict,
 )
 from mrcnn_edu.fpn import FPN
@@ -425,3 +427,56 @@ def test_tiny_backbone_and_fpn_forward_backward():
     assert all(p.grad.abs().sum() > 0 for name, p in params if name.endswith("weight")), (
         "some weight got no signal"
     )
+
+
+# ---------------------------------------------------------------- folded normalisation, oneDNN convolution
+
+
+@pytest.mark.parametrize("stride, kernel", [(1, 1), (2, 1), (1, 3), (2, 3)])
+def test_conv_norm_folds_frozen_bn_exactly_gradients_included(stride, kernel):
+    # In float64, norm(conv(x)) and the folded convolution agree to rounding, and so do the gradients of
+    # the input and of the conv weight (the statistics are buffers: no gradient).
+    torch.manual_seed(0)
+    conv = Conv2d(6, 5, kernel, stride=stride, padding=kernel // 2, bias=False).double()
+    norm = FrozenBatchNorm2d(5, eps=1e-5).double()
+    norm.weight.uniform_(0.5, 2)
+    norm.bias.normal_()
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.1, 3)
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64, requires_grad=True)
+    want = norm(conv(x))
+    got = conv_norm(conv, norm, x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(want)
+    grads = [torch.autograd.grad(y, (x, conv.weight), g) for y in (got, want)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    bn = torch.nn.BatchNorm2d(5).double().eval()  # any other norm runs after the conv, unchanged
+    assert torch.equal(conv_norm(conv, bn, x), bn(conv(x)))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_onednn_conv2d_equals_nn_conv2d(threads, memory_format):
+    # Conv2d takes oneDNN's kernel for every shape on the CPU (nn.Conv2d takes its im2col kernel for 1x1
+    # stride-1 layers on one thread): the same numbers to float rounding, the same gradients.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(1)
+        for kernel, stride, bias in [(1, 1, True), (1, 1, False), (3, 1, True), (3, 2, False), (7, 2, False)]:
+            ours = Conv2d(16, 8, kernel, stride=stride, padding=kernel // 2, bias=bias)
+            plain = torch.nn.Conv2d(16, 8, kernel, stride=stride, padding=kernel // 2, bias=bias)
+            plain.load_state_dict(ours.state_dict())
+            x = torch.randn(2, 16, 13, 17).contiguous(memory_format=memory_format).requires_grad_(True)
+            got, want = ours(x), plain(x)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            g = torch.randn_like(want)
+            for a, b in zip(torch.autograd.grad(got, (x, ours.weight), g),
+                            torch.autograd.grad(want, (x, plain.weight), g), strict=True):  # fmt: skip
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: nn.Conv2d's own path
+                assert ours(x).dtype == torch.bfloat16
+            assert ours.double()(x.double().detach()).dtype == torch.float64  # other dtypes too
+    finally:
+        torch.set_num_threads(previous)

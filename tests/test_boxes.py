@@ -14,12 +14,14 @@ from mrcnn_edu.boxes import (
     DEFAULT_DELTA_CLAMP,
     box_area,
     box_convert,
+    box_dtype,
     box_iou,
     clip_boxes,
     decode_deltas,
     encode_deltas,
     from_matterport_normalized,
     masks_to_boxes,
+    matched_box_iou,
     remove_small_boxes,
     to_matterport_normalized,
 )
@@ -506,6 +508,63 @@ def test_decode_dtype_follows_deltas():
     reference = torch.tensor([[0.0, 0.0, 4.0, 2.0]], dtype=torch.float64)
     assert decode_deltas(torch.zeros(1, 4), reference).dtype == torch.float32
     assert decode_deltas(torch.zeros(1, 4, dtype=torch.float64), reference.float()).dtype == torch.float64
+    for half in (torch.float16, torch.bfloat16):  # box arithmetic is never done in half precision
+        assert decode_deltas(torch.zeros(1, 4, dtype=half), reference).dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------- half precision
+HALF = [torch.float16, torch.bfloat16]
+
+
+def _big_boxes(dtype, n=60, seed=0):
+    """Boxes with coordinates in the hundreds (300-600 px sides: float16 areas overflow 65504), rounded to
+    ``dtype``: the reference computes on exactly these values in float64."""
+    g = torch.Generator().manual_seed(seed)
+    corner = torch.rand(n, 2, generator=g) * 800
+    size = 300 + torch.rand(n, 2, generator=g) * 300
+    return torch.cat((corner, corner + size), dim=1).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_box_area_and_iou_in_half_precision_are_float32_and_right(dtype):
+    boxes = _big_boxes(dtype)
+    exact = boxes.double()
+    assert box_dtype(dtype) == torch.float32
+    area = box_area(boxes)
+    assert area.dtype == torch.float32 and bool(torch.isfinite(area).all())
+    assert (area.double() * 300 * 300 > 65504).all()  # every one overflows in float16 arithmetic
+    torch.testing.assert_close(area.double(), box_area(exact), rtol=1e-6, atol=0)
+    iou = box_iou(boxes, boxes[:20])
+    assert iou.dtype == torch.float32 and not bool(iou.isnan().any())
+    torch.testing.assert_close(iou.double(), box_iou(exact, exact[:20]), rtol=0, atol=1e-6)
+    assert bool((iou.diagonal() == 1).all())
+    assert torch.equal(matched_box_iou(boxes[:20], boxes[:20]), iou.diagonal())
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_box_functions_in_half_precision_equal_float32_on_the_same_values(dtype):
+    # Every box function computes in float32: on half-precision input it gives exactly what float32 gives
+    # on the same (rounded) values, and returns float32.
+    boxes, other = _big_boxes(dtype, seed=1), _big_boxes(dtype, seed=2)
+    f32, other32 = boxes.float(), other.float()
+    deltas = (torch.randn(60, 4, generator=torch.Generator().manual_seed(3)) * 0.5).to(dtype)
+    normalised = (f32 / 2000).to(dtype)
+    unit = normalised.float()
+    cases = [
+        (clip_boxes(boxes, (700, 1000)), clip_boxes(f32, (700, 1000))),
+        (box_convert(boxes, "xyxy", "cxcywh"), box_convert(f32, "xyxy", "cxcywh")),
+        (to_matterport_normalized(boxes, (900, 1300)), to_matterport_normalized(f32, (900, 1300))),
+        (from_matterport_normalized(normalised, (9, 9)), from_matterport_normalized(unit, (9, 9))),
+        (encode_deltas(boxes, other), encode_deltas(f32, other32)),
+        (decode_deltas(deltas, other), decode_deltas(deltas.float(), other32)),
+        (box_iou(boxes, other), box_iou(f32, other32)),
+    ]  # fmt: skip
+    for got, want in cases:
+        assert got.dtype == torch.float32
+        assert torch.equal(got, want)
+    thin = boxes.clone()
+    thin[::3, 2] = thin[::3, 0] + 0.25  # 0.25 px wide: float16 rounding of x2 - x1 near 800 would say 0
+    assert torch.equal(remove_small_boxes(thin, 0.2), remove_small_boxes(thin.float(), 0.2))
 
 
 def _matterport_box_refinement(box: np.ndarray, gt_box: np.ndarray) -> np.ndarray:

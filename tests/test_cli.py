@@ -594,3 +594,30 @@ def test_user_errors_print_no_traceback(tmp_path):
         out = subprocess.run([sys.executable, "-m", "mrcnn_edu", *args], capture_output=True, text=True)
         assert out.returncode == 2, out.stderr
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_init_starts_every_weight_from_the_shipped_model_or_a_checkpoint(trained, tmp_path, capsys):
+    data = tmp_path / "own"
+    export = ["export-shapes", "--out", str(data), "--num-images", "8", "--categories", "cat,dog,bird"]
+    assert main(export) == 0
+    train_json = str(data / "annotations" / "instances_train.json")
+    common = ["train", "--train-coco", train_json, "--log-every", "1", "--set", "steps=1", "--set",
+              "batch_size=4"]  # fmt: skip
+
+    def first_loss(out):
+        return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["total"]
+
+    code, out, _ = run([*common, "--out", str(tmp_path / "init"), "--init", "shapes"], capsys)
+    assert code == 0 and "--init shapes" in out
+    assert run([*common, "--out", str(tmp_path / "scratch")], capsys)[0] == 0
+    # the shipped model already knows these shapes (under other names): its first loss is far lower
+    assert first_loss(tmp_path / "init") < 0.5 * first_loss(tmp_path / "scratch")
+    # a checkpoint with other layers (the tiny settings of `trained`) is refused, naming a tensor
+    code, _, err = run([*common, "--out", str(tmp_path / "x"), "--init", str(trained / "last.pt")], capsys)
+    assert code == 2 and "do not fit" in err and ("mask_head" in err or "box_head" in err), err
+    both = ["--init", "shapes", "--backbone-weights", "imagenet:x.pth"]
+    for extra, words in ((["--init", str(tmp_path / "none.pt")], "no such file"), (both, "choose one")):
+        code, _, err = run([*common, "--out", str(tmp_path / "y"), *extra], capsys)
+        assert code == 2 and words in err, err
+    code, _, err = run(["train", "--out", str(tmp_path / "init"), "--resume", "--init", "shapes"], capsys)
+    assert code == 2 and "--init" in err

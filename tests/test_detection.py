@@ -291,6 +291,29 @@ def test_detect_batch_equals_per_image():
 
 
 @pytest.mark.parametrize(
+    "options",
+    [
+        dict(score_threshold=0.05, candidates="all", nms_threshold=0.5, min_size=2.0, max_detections=7),
+        dict(score_threshold=0.3, candidates="argmax", nms_threshold=0.3, clamp=None),
+    ],
+)
+def test_detect_batch_is_identical_to_detect_per_image(options):
+    # Every field, the pre-NMS candidates included, bit for bit; the max_detections cut is reached.
+    parts = [_random_case(s, rois=r) for s, r in ((3, 60), (4, 0), (5, 80), (6, 25))]
+    sizes = [(64, 64), (32, 32), (50, 80), (40, 30)]
+    logits, deltas = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    results = detect_batch(logits, deltas, [p[2] for p in parts], sizes, return_pre_nms=True, **options)
+    for got, (lg, dl, pr), size in zip(results, parts, sizes, strict=True):
+        want = detect(lg, dl, pr, size, return_pre_nms=True, **options)
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+    assert any(len(r["boxes"]) > 0 for r in results)
+    if "max_detections" in options:
+        assert len(results[2]["boxes"]) == 7
+
+
+@pytest.mark.parametrize(
     "change, match",
     [
         (dict(class_logits=torch.zeros(3)), "class_logits"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mrcnn_edu.boxes import box_iou, decode_deltas
-from mrcnn_edu.detection_targets import detection_targets, mask_targets
+from mrcnn_edu.detection_targets import detection_targets, detection_targets_batch, mask_targets
 
 H, W = 120, 160
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -237,6 +237,41 @@ def test_reproducible_with_generator():
     for key in a:
         assert torch.equal(a[key], b[key])
     assert not torch.equal(a["rois"], c["rois"])
+
+
+def _batch_scene():
+    """Four images: a plain scene, one with a crowd box, one without GT, and a smaller image (masks of
+    another size) with fewer proposals."""
+    images = [_scene(seed) for seed in (1, 2, 3, 6)]
+    proposals, gt_boxes, gt_labels, gt_masks = (list(t) for t in zip(*images, strict=True))
+    gt_boxes[2], gt_labels[2], gt_masks[2] = torch.zeros(0, 4), gt_labels[2][:0], gt_masks[2][:0]
+    proposals[3], gt_masks[3] = proposals[3][::3], gt_masks[3][:, : H - 20, : W - 10]
+    crowd = [None, torch.tensor([False, True, False]), None, None]
+    return proposals, gt_boxes, gt_labels, gt_masks, crowd
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # matterport
+        dict(num_samples=512, positive_fraction=0.25, fill_with_negatives=True, add_gt_boxes=True,
+             binarize_masks=False),  # torchvision
+        dict(num_samples=60, positive_fraction=0.5, positive_iou=0.6, negative_iou=0.3, aligned=True),
+    ],
+)  # fmt: skip
+def test_batch_is_identical_to_image_by_image(options):
+    proposals, gt_boxes, gt_labels, gt_masks, crowd = _batch_scene()
+    batch = detection_targets_batch(proposals, gt_boxes, gt_labels, gt_masks, gt_is_crowd=crowd,
+                                    generator=torch.Generator().manual_seed(3), **options)  # fmt: skip
+    gen = torch.Generator().manual_seed(3)
+    for i, got in enumerate(batch):
+        want = detection_targets(proposals[i], gt_boxes[i], gt_labels[i], gt_masks[i], gt_is_crowd=crowd[i],
+                                 generator=gen, **options)  # fmt: skip
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), (i, key)
+    assert _num_pos(batch[0]) > 0 and _num_pos(batch[3]) > 0 and _num_pos(batch[2]) == 0
+    assert detection_targets_batch([], [], [], []) == []
 
 
 def test_no_gradient_reaches_proposals():

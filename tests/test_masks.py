@@ -346,3 +346,14 @@ def test_paste_rejects_nan_boxes_and_other_devices():
         paste_masks(m, torch.tensor([[1.0, 1, 5, 5], [float("nan"), 0, 4, 4]]), (10, 10))
     with pytest.raises(ValueError, match="boxes.*device"):
         paste_masks(m, torch.zeros(2, 4, device="meta"), (10, 10))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_snapped_boxes_of_half_precision_boxes_are_the_float32_ones(dtype):
+    # Coordinates near 1000 px step by 0.5 (float16) or 4 (bfloat16): the enlarged corners would be
+    # truncated to the wrong pixel. The arithmetic runs in float32 on the same values.
+    boxes = torch.tensor([[901.5, 433.0, 1201.0, 811.5], [10.0, 20.0, 17.5, 30.0]]).to(dtype)
+    masks = torch.rand(2, 28, 28)
+    padded, snapped = pad_masks_and_snap_boxes(masks, boxes)
+    want_padded, want = pad_masks_and_snap_boxes(masks, boxes.float())
+    assert snapped.dtype == torch.float32 and torch.equal(snapped, want) and torch.equal(padded, want_padded)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mrcnn_edu.boxes import box_iou
-from mrcnn_edu.matching import BACKGROUND, IGNORE, match_by_iou, sample_balanced
+from mrcnn_edu.matching import BACKGROUND, IGNORE, match_by_iou, sample_balanced, sample_balanced_batch
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -347,3 +347,31 @@ def test_sample_without_generator_and_float_labels():
 def test_sample_bad_input(args, name):
     with pytest.raises(ValueError, match=name):
         sample_balanced(*args)
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_sample_batch_is_sample_balanced_row_by_row(fill):
+    # The same generator state gives each row exactly sample_balanced's indices, in its order.
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(-1, 2, (5, 300), generator=gen)
+    labels[1] = -1  # nothing to sample
+    labels[2, :290] = 0  # few positives at most
+    seeded = torch.Generator().manual_seed(4)
+    pos, neg, num_pos, num_neg = sample_balanced_batch(labels, 64, 0.25, seeded, fill)
+    gen = torch.Generator().manual_seed(4)
+    want = [sample_balanced(row, 64, 0.25, gen, fill) for row in labels]
+    assert num_pos == [len(p) for p, _ in want] and num_neg == [len(q) for _, q in want]
+    assert torch.equal(pos, torch.cat([p + 300 * b for b, (p, _) in enumerate(want)]))
+    assert torch.equal(neg, torch.cat([q + 300 * b for b, (_, q) in enumerate(want)]))
+    assert num_pos[1] == num_neg[1] == 0 and num_pos[0] == 16
+
+
+def test_match_batch_equals_match_of_each_row():
+    gen = torch.Generator().manual_seed(1)
+    iou = torch.rand(3, 4, 50, generator=gen) ** 3
+    iou[1, 2:] = -1.0  # padding rows: no GT there
+    for low_quality in (True, False):
+        batch = match_by_iou(iou, 0.5, 0.2, low_quality)
+        rows = [match_by_iou(iou[0], 0.5, 0.2, low_quality), match_by_iou(iou[1, :2], 0.5, 0.2, low_quality),
+                match_by_iou(iou[2], 0.5, 0.2, low_quality)]  # fmt: skip
+        assert torch.equal(batch, torch.stack(rows))

@@ -91,6 +91,41 @@ def test_fast_nms_equals_loop_in_other_dtypes(dtype):
         assert torch.equal(nms(boxes, scores, threshold), nms_loop(boxes, scores, threshold))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_keeps_the_float32_set(dtype):
+    # Boxes of 100-400 px in an 800 x 1333 image: float16 areas overflow 65504 (IoU inf / inf = NaN, which
+    # suppresses nothing). IoUs are computed in float32, so the kept set is the one float32 gives on the
+    # same values, in every implementation.
+    gen = torch.Generator().manual_seed(5)
+    boxes = (random_boxes(gen, 300, clusters=12, size=300.0) * 2).to(dtype)
+    scores = torch.rand(300, generator=gen).to(dtype)
+    levels = torch.randint(0, 3, (300,), generator=gen)
+    wide_boxes, wide_scores = boxes.float(), scores.float()
+    assert (box_iou(wide_boxes, wide_boxes) > 0.7).sum() > 300  # many pairs to suppress
+    for threshold in (0.5, 0.7):
+        want = nms_loop(wide_boxes, wide_scores, threshold)
+        assert len(want) < 200
+        assert torch.equal(nms(boxes, scores, threshold), want)
+        assert torch.equal(nms_loop(boxes, scores, threshold), want)
+        assert torch.equal(nms(boxes, scores.float(), threshold), want)
+        grouped = batched_nms(wide_boxes, wide_scores, levels, threshold)
+        assert torch.equal(batched_nms(boxes, scores, levels, threshold), grouped)
+
+
+def test_fast_nms_equals_loop_with_small_pair_chunks(monkeypatch):
+    # The candidate pairs are tested a chunk at a time; cut them into many tiny chunks.
+    window_pairs = nms_module._window_pairs
+    monkeypatch.setattr(nms_module, "_window_pairs", lambda counts, test: window_pairs(counts, test, chunk=7))
+    gen = torch.Generator().manual_seed(9)
+    boxes = random_boxes(gen, 400, clusters=10)
+    scores = torch.rand(400, generator=gen)
+    groups = torch.randint(0, 4, (400,), generator=gen)
+    for threshold in THRESHOLDS:
+        assert torch.equal(nms(boxes, scores, threshold), nms_loop(boxes, scores, threshold))
+        want = nms_module._batched_nms_loop(boxes, scores, groups, threshold)
+        assert torch.equal(batched_nms(boxes, scores, groups, threshold), want)
+
+
 @pytest.mark.parametrize("threshold", THRESHOLDS)
 @pytest.mark.parametrize("spread_axis", [0, 1])
 def test_fast_nms_exact_for_pairs_at_the_threshold(threshold, spread_axis):
@@ -381,3 +416,29 @@ def test_nan_scores_rank_last(fn):
     assert fn(boxes, scores, 0.5).tolist() == [1, 2]
     assert batched_nms(boxes, scores, torch.zeros(3, dtype=torch.long), 0.5).tolist() == [1, 2]
     assert [k for k, _ in nms_steps(boxes, scores, 0.5)] == [1, 2]
+
+
+def test_cpu_path_runs_on_one_thread_and_restores_the_setting(monkeypatch):
+    # The CPU path's ops are small: it runs them on the calling thread only (torch's pool only waits on a
+    # busy machine), and gives the caller its thread setting back, also after an error.
+    seen = []
+    sparse = nms_module._nms_sparse
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return sparse(*args, **kwargs)
+
+    monkeypatch.setattr(nms_module, "_nms_sparse", spy)
+    gen = torch.Generator().manual_seed(2)
+    boxes, scores = random_boxes(gen, 50, clusters=3), torch.rand(50, generator=gen)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(nms(boxes, scores, 0.5), nms_loop(boxes, scores, 0.5))
+        batched_nms(boxes, scores, torch.zeros(50, dtype=torch.long), 0.5)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        monkeypatch.setattr(nms_module, "_nms_sparse", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            nms(boxes, scores, 0.5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

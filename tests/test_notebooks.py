@@ -64,3 +64,23 @@ def test_notebook_executes_in_full(path, kernel_env):
     sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "mrcnn_edu" in sources  # notebooks call the library; they do not re-implement it
     assert "MRCNN_EDU_FAST" not in sources  # no notebook has a mode in which its pictures differ
+
+
+# the stage notebooks (the exercise notebooks have their own checks)
+COURSE = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", COURSE, ids=_ID)
+def test_course_notebook_recaps_and_asks(path):
+    """Each stage notebook opens with a recap of the stage before it (a "> **Before this" quote in its first
+    cell) and ends with questions whose answers sit in a collapsed cell after them, folded in a <details>
+    element too (JupyterLab's "Run All" expands collapsed markdown cells)."""
+    cells = json.loads(path.read_text())["cells"]
+    source = ["".join(c["source"]) for c in cells]
+    assert "> **Before this" in source[0], f"{path.name}: no recap at the top"
+    hidden = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("jupyter", {}).get("source_hidden")]
+    assert hidden and "Answers" in source[hidden[-1]], f"{path.name}: no collapsed answers cell"
+    answers = source[hidden[-1]]
+    assert "<details>" in answers and "</details>" in answers, f"{path.name}: answers not folded"
+    asked = [i for i, s in enumerate(source) if "## Questions" in s or "## Recap and questions" in s]
+    assert asked and asked[-1] < hidden[-1], f"{path.name}: the answers must follow the questions"

@@ -44,7 +44,10 @@ def _tv_maskrcnn(tv, num_classes=91, seed=0):
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.eps = 0.0  # the "torchvision" preset's FrozenBatchNorm eps (COCO_V1 was trained with 0)
+                # the "torchvision" preset's FrozenBatchNorm eps is 0 (COCO_V1 was trained with 0); some torch
+                # releases (2.11) refuse eps 0 in batch_norm, and 1e-30 added to variances of 0.5-1.5 is 0
+                # in float32, so the arithmetic is the same
+                m.eps = 1e-30
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0, 0.1)
                 m.running_mean.normal_(0, 0.1)

@@ -14,6 +14,7 @@ from mrcnn_edu.proposals import (
     clip_and_filter,
     nms_proposals,
     propose,
+    propose_loop,
     top_k_anchors,
     two_logit_objectness,
 )
@@ -260,6 +261,51 @@ def test_batch_equals_one_by_one(per_level):
         for key in ("boxes", "scores", "anchor_index", "levels"):
             torch.testing.assert_close(batch[i][key], single[key])
     assert not torch.equal(batch[0]["anchor_index"], batch[1]["anchor_index"])
+
+
+@pytest.mark.parametrize("per_level", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_propose_is_identical_to_the_loop(per_level, seed):
+    # propose (the whole batch at once) against propose_loop (image by image, the readable steps): every
+    # field, pre-NMS candidates included, bit for bit; the post-NMS cut and both filters take effect.
+    objectness, deltas, anchors = _random_case(seed, batch=4, num_anchors=600)
+    sizes = [(64, 64), (40, 64), (64, 30), (20, 20)]
+    kwargs = dict(
+        num_anchors_per_level=[100, 200, 300], pre_nms_top_n=150, post_nms_top_n=40, per_level=per_level,
+        min_size=3.0, score_threshold=0.2, nms_threshold=0.6, return_pre_nms=True,
+    )  # fmt: skip
+    fast = propose(objectness, deltas, anchors, sizes, **kwargs)
+    loop = propose_loop(objectness, deltas, anchors, sizes, **kwargs)
+    assert len(fast) == len(loop) == 4
+    for f, r in zip(fast, loop, strict=True):
+        assert f.keys() == r.keys()
+        for key in r:
+            assert f[key].dtype == r[key].dtype and torch.equal(f[key], r[key]), key
+    assert any(len(r["boxes"]) == 40 for r in loop)  # the cut was reached
+    top_k = 150 * (3 if per_level else 1)
+    assert any(len(r["pre_nms_boxes"]) < top_k for r in loop)  # the filters removed some
+
+
+@pytest.mark.parametrize("per_level", [False, True])
+def test_nms_image_by_image_where_torchvision_runs_it(per_level, monkeypatch):
+    # Where torchvision's CUDA kernel does the NMS, each image gets its own call (its cost grows with the
+    # square of the boxes of one call): the result is the same. Forced here on the CPU, with our nms behind.
+    import mrcnn_edu.nms as nms_module
+
+    objectness, deltas, anchors = _random_case(3, batch=4, num_anchors=600)
+    sizes = [(64, 64), (40, 64), (64, 30), (20, 20)]
+    kwargs = dict(num_anchors_per_level=[100, 200, 300], pre_nms_top_n=150, post_nms_top_n=40,
+                  per_level=per_level, nms_threshold=0.6)  # fmt: skip
+    whole = propose(objectness, deltas, anchors, sizes, **kwargs)
+    calls = []
+    batched = nms_module.batched_nms
+    monkeypatch.setattr(nms_module, "_torchvision_runs", lambda boxes: True)
+    monkeypatch.setattr(nms_module, "batched_nms", lambda *a: calls.append(len(a[0])) or batched(*a))
+    each = propose(objectness, deltas, anchors, sizes, **kwargs)
+    assert len(calls) == 4
+    for a, b in zip(whole, each, strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
 
 
 def test_min_size_and_score_threshold():

@@ -487,6 +487,60 @@ def test_empty_inputs_give_empty_outputs():
     assert torch.equal(empty_map, torch.full((1, 2, 2, 2), -1.0))
 
 
+def _pyramid(x, n, **kwargs):
+    return pyramid_roi_align([x, x[..., ::2, ::2]], torch.zeros(n, 5), 2, (4, 8), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name, call",
+    [
+        ("roi_align", lambda x, n: roi_align(x, torch.zeros(n, 5), (2, 3), 0.5, 2)),
+        ("roi_align_loop", lambda x, n: roi_align_loop(x, [torch.zeros(n, 4)], 2)),
+        ("roi_pool", lambda x, n: roi_pool(x, torch.zeros(n, 5), 2)),
+        ("crop_and_resize", lambda x, n: crop_and_resize(x, torch.zeros(n, 4), torch.zeros(n).long(), 3)),
+        ("pyramid_roi_align", _pyramid),
+        ("pyramid crop_and_resize", functools.partial(_pyramid, method="crop_and_resize", image_size=(9, 9))),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_no_boxes_gives_an_empty_output_whose_gradient_is_zero(name, call, dtype):
+    # As torchvision's kernels: the empty output is part of the graph, so backward() works and the features
+    # get a zero gradient (not None, not an error). An inf in the map must not turn it into NaN.
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64).to(dtype)
+    x[0, 0, 0, 0] = float("inf")
+    x.requires_grad_(True)
+    out = call(x, 0)
+    assert out.shape[0] == 0 and out.dtype == dtype and out.requires_grad, name
+    out.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape and not bool(x.grad.any()), name
+
+
+def test_empty_map_output_is_connected_too():
+    # Boxes but an empty map: a constant output (zeros, or crop_and_resize's extrapolation value), in the
+    # graph with a zero gradient.
+    x = torch.randn(1, 2, 0, 4, requires_grad=True)
+    for out in (
+        roi_align(x, rois_of((0, 0, 1, 1)), 2),
+        roi_align_loop(x, rois_of((0, 0, 1, 1)), 2),
+        roi_pool(x, rois_of((0, 0, 1, 1)), 2),
+        crop_and_resize(x, torch.rand(1, 4), torch.tensor([0]), 2, -1.0),
+    ):
+        assert out.shape == (1, 2, 2, 2) and out.requires_grad
+        (out * 2).sum().backward()
+        assert x.grad is not None and x.grad.shape == x.shape
+        x.grad = None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fpn_levels_of_half_precision_boxes(dtype):
+    # A 400 px box has area 160000: in float16 that overflows to inf and the level would be the top one.
+    boxes = torch.tensor([[0.0, 0.0, 400.0, 400.0], [0.0, 0.0, 56.0, 56.0], [10.0, 10.0, 234.0, 234.0]])
+    for rounding in ("round", "floor"):
+        want = assign_fpn_levels(boxes, rounding=rounding, max_level=6)
+        assert want.tolist() == ([5, 2, 4] if rounding == "round" else [4, 2, 4])  # not 6, the top level
+        assert torch.equal(assign_fpn_levels(boxes.to(dtype), rounding=rounding, max_level=6), want)
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -560,6 +614,10 @@ def test_cuda_matches_cpu(monkeypatch, use_torchvision):
             roi_align(x, rois, 3, 0.5, sampling_ratio),
         )
     torch.testing.assert_close(roi_pool(x.cuda(), rois.cuda(), 3, 0.5).cpu(), roi_pool(x, rois, 3, 0.5))
+    # 200 boxes, many reaching past the map, at 7x7: bin edges at whole cells computed with a reciprocal on
+    # CUDA moved by one cell (benchmarks/gpu_check.py on an H200)
+    far = random_rois(gen, 200, 2, (40.0, 40.0), 30.0)
+    torch.testing.assert_close(roi_pool(x.cuda(), far.cuda(), 7, 0.5).cpu(), roi_pool(x, far, 7, 0.5))
     torch.testing.assert_close(
         crop_and_resize(x.cuda(), boxes.cuda(), index.cuda(), 4).cpu(), crop_and_resize(x, boxes, index, 4)
     )

@@ -221,6 +221,23 @@ def test_batch_stacks_per_image_results():
     assert empty["labels"].shape == (0, n) and empty["deltas"].shape == (0, n, 4)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [dict(allow_low_quality=False, positive_iou=0.5), dict(image_size=(200, 230), allowed_border=0)],
+)
+def test_batch_stacks_per_image_results_with_options(options):
+    gts = [_scene(seed=3), _scene(seed=4, num_gt=1), torch.zeros(0, 4)]
+    crowds = [torch.tensor([True, False, False, False, False, False]), None, None]
+    batch = rpn_targets_batch(ANCHORS_256, gts, crowds, generator=torch.Generator().manual_seed(5), **options)
+    gen = torch.Generator().manual_seed(5)
+    singles = [
+        rpn_targets(ANCHORS_256, g, c, generator=gen, **options) for g, c in zip(gts, crowds, strict=True)
+    ]
+    for key in batch:
+        assert torch.equal(batch[key], torch.stack([s[key] for s in singles])), key
+    assert (batch["labels"] == 1).any() and (batch["labels"][2] == 0).any()
+
+
 def test_float64_and_mixed_dtypes():
     t = rpn_targets(ANCHORS.double(), GT)  # float32 GT is cast to the anchors' dtype
     assert t["deltas"].dtype == torch.float64

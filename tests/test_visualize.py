@@ -538,3 +538,139 @@ def test_show_roi_sampling_bad_input_names_the_argument(kwargs, name):
     kwargs = {"feature": torch.zeros(4, 4), **kwargs}
     with pytest.raises(ValueError, match=name):
         V.show_roi_sampling(**kwargs)
+
+
+# ------------------------------------------------------------------------------------- class_colors
+def test_class_colors_one_colour_per_class_whatever_the_other_labels():
+    colours = V.class_colors(torch.tensor([3, 1, 3, 2]))
+    assert colours[0] == colours[2] and len({colours[0], colours[1], colours[3]}) == 3
+    assert V.class_colors([3]) == [colours[0]]  # class 3's colour does not depend on the other labels
+    assert colours[1] == V.instance_colors(4)[1]
+    assert V.class_colors(torch.zeros(0, dtype=torch.int64)) == []
+    with pytest.raises(ValueError, match="labels"):
+        V.class_colors([1, -1])
+
+
+def test_compare_figure_uses_class_colors():
+    images, targets, preds = _shapes_batch(1)
+    fig = V.compare_figure(images, targets, preds, CLASS_NAMES, score_threshold=0.0)
+    expected = V.class_colors(targets[0]["labels"])
+    for ax in fig.axes:  # ground truth and predictions (same labels here) wear the same colours
+        assert [r.get_edgecolor()[:3] for r in rectangles(ax)] == [pytest.approx(c) for c in expected]
+
+
+# ------------------------------------------------------------------------------------- overlay_boxes
+def test_overlay_boxes_draws_over_the_picture_without_redrawing_it():
+    image = gray_image()
+    masks = square_mask(16, 16, 2, 2, 8, 8)[None]
+    ax = V.draw_instances(image, torch.tensor([[2.0, 2.0, 8.0, 8.0]]), masks=masks)
+    blended = np.asarray(ax.images[0].get_array()).copy()
+    view = (ax.get_xlim(), ax.get_ylim())
+    out = V.overlay_boxes(ax, torch.tensor([[1.0, 1.0, 40.0, 5.0]]), color="white", linestyle="--",
+                          labels=torch.tensor([2]), class_names=CLASS_NAMES)  # fmt: skip
+    assert out is ax and len(ax.images) == 1  # the image (with its mask tint) is not drawn again
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), blended)
+    assert (ax.get_xlim(), ax.get_ylim()) == view  # a box past the image does not move the view
+    new = rectangles(ax)[-1]
+    assert new.get_linestyle() == "--" and new.get_xy() == pytest.approx((0.5, 0.5))
+    assert texts(ax)[-1] == "circle"
+
+
+def test_overlay_boxes_scale_and_grid_positions():
+    ax = V.heatmap(torch.zeros(4, 4), colorbar=False)
+    # an image box over a stride-4 map: edges at pixel 4..12 -> cells 1..3
+    V.overlay_boxes(ax, torch.tensor([[4.0, 4.0, 12.0, 12.0]]), scale=0.25, pixel_edges=False)
+    V.overlay_boxes(ax, torch.tensor([[4.0, 4.0, 12.0, 12.0]]), scale=0.25)
+    on_grid, on_edges = rectangles(ax)
+    assert on_grid.get_xy() == pytest.approx((1.0, 1.0)) and on_grid.get_width() == pytest.approx(2.0)
+    assert on_edges.get_xy() == pytest.approx((0.5, 0.5))
+    colors = ["red", "blue"]
+    V.overlay_boxes(ax, torch.tensor([[0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 2.0, 2.0]]), colors=colors, halo=True)
+    assert [r.get_edgecolor()[:3] for r in rectangles(ax)[-2:]] == [(1.0, 0.0, 0.0), (0.0, 0.0, 1.0)]
+    assert rectangles(ax)[-1].get_path_effects()  # the halo
+    with pytest.raises(ValueError, match="colors"):
+        V.overlay_boxes(ax, torch.zeros(2, 4), colors=["red"])
+    with pytest.raises(ValueError, match="color"):
+        V.overlay_boxes(ax, torch.zeros(1, 4), color="red", colors=["red"])
+    with pytest.raises(ValueError, match="ax"):
+        V.overlay_boxes("not axes", torch.zeros(1, 4))
+
+
+# ------------------------------------------------------------------------------------- show_suppression
+def test_show_suppression_kept_solid_suppressed_dashed_counts_in_title():
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [1.0, 1.0, 9.0, 9.0], [0.0, 1.0, 8.0, 9.0],
+                          [9.0, 9.0, 15.0, 15.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    ax = V.show_suppression(gray_image(), boxes, 0, torch.tensor([1, 2]), scores=scores,
+                            earlier=torch.tensor([3]), color="red")  # fmt: skip
+    assert ax.get_title() == "box 0 kept, 2 suppressed (best 0.80)"
+    earlier, kept, *gone = rectangles(ax)  # the suppressed boxes last, on top of the kept one
+    assert earlier.get_linestyle() == ":" and earlier.get_xy() == pytest.approx((8.5, 8.5))
+    assert [r.get_linestyle() for r in gone] == ["--", "--"]
+    assert [r.get_xy() for r in gone] == [pytest.approx((0.5, 0.5)), pytest.approx((-0.5, 0.5))]
+    assert all(r.get_edgecolor()[:3] == pytest.approx((0.85,) * 3) for r in gone)
+    assert kept.get_linestyle() == "-" and kept.get_edgecolor()[:3] == (1.0, 0.0, 0.0)
+    assert texts(ax) == ["0.90"]
+    none = V.show_suppression(gray_image(), boxes, 3, torch.zeros(0, dtype=torch.int64))
+    assert none.get_title() == "box 3 kept, 0 suppressed"
+    with pytest.raises(ValueError, match="kept"):
+        V.show_suppression(gray_image(), boxes, 4, torch.tensor([1]))
+    with pytest.raises(ValueError, match="suppressed"):
+        V.show_suppression(gray_image(), boxes, 0, torch.tensor([0.5]))
+
+
+# ------------------------------------------------------------------------------------- heatmap options
+def test_heatmap_writes_values_integer_ticks_and_auto_aspect():
+    values = torch.tensor([[0.0, 0.25], [0.75, 1.0]])
+    ax = V.heatmap(values, values=".2f", cell_ticks=True, vmin=0, vmax=1, cmap="gray")
+    assert texts(ax) == ["0.00", "0.25", "0.75", "1.00"]
+    assert [t.get_position() for t in ax.texts] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert [t.get_color() for t in ax.texts] == ["white", "white", "black", "black"]  # legible on gray
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if -0.5 <= t <= 1.5]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert V.heatmap(values, aspect="auto").get_aspect() == "auto"
+
+
+def test_show_roi_sampling_colour_scale_and_bar():
+    ax = V.show_roi_sampling(torch.rand(4, 4), vmin=-1.0, vmax=2.0, colorbar=True)
+    assert ax.images[0].get_clim() == (-1.0, 2.0) and len(ax.figure.axes) == 2
+
+
+# ------------------------------------------------------------------------------------- legend_outside
+@pytest.mark.parametrize("where", ["below", "right"])
+def test_legend_outside_does_not_cover_the_axes(where):
+    fig = Figure(figsize=(5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for k in range(3):
+        ax.plot([0, 1], [k, k + 1], label=f"curve {k}")
+    legend = V.legend_outside(ax, where=where)
+    renderer = fig._get_renderer()  # a headless Figure: the Agg renderer savefig would use
+    fig.draw(renderer)
+    box, frame = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert box.y1 <= frame.y0 if where == "below" else box.x0 >= frame.x1
+    assert [t.get_text() for t in legend.get_texts()] == ["curve 0", "curve 1", "curve 2"]
+    with pytest.raises(ValueError, match="where"):
+        V.legend_outside(ax, where="inside")
+
+
+# ------------------------------------------------------------------------------------- architecture_figure
+def test_architecture_figure_maps_every_trace_stage_once_per_path(tmp_path):
+    from mrcnn_edu.model import TRACE_STAGES
+
+    assert set(V.MATTERPORT_NAMES) == set(TRACE_STAGES)
+    shared = [s for stages, _ in V._SHARED_PATH for s in stages]
+    train = shared + [s for stages, _ in V._TRAIN_PATH for s in stages]
+    infer = shared + [s for stages, _ in V._EVAL_PATH for s in stages]
+    # each path shows exactly the stages the model records on it, each once
+    assert sorted(train) == sorted(s for s, d in TRACE_STAGES.items() if d.startswith(("both", "train")))
+    assert sorted(infer) == sorted(s for s, d in TRACE_STAGES.items() if d.startswith(("both", "eval")))
+    fig = V.architecture_figure()
+    words = [t.get_text() for t in fig.axes[0].texts]
+    for stage, seed in V.MATTERPORT_NAMES.items():
+        assert stage in words and seed in words
+    seed_layers = ["ProposalLayer", "DetectionTargetLayer", "PyramidROIAlign", "DetectionLayer"]
+    seed_layers.append("unmold_mask")
+    assert all(any(layer in w for w in words) for layer in seed_layers)
+    fig.savefig(tmp_path / "arch.png")
+    assert mpimg.imread(tmp_path / "arch.png")[..., :3].std() > 0.05

@@ -50,7 +50,7 @@ SITES: dict[str, dict[str, tuple[str, ...]]] = {
     "detection_targets": {"detection_targets": ("mrcnn_edu.detection_targets", "mrcnn_edu.model")},
     "paste_mask": {"paste_masks": ("mrcnn_edu.masks", "mrcnn_edu.model")},
     "proposal_layer": {"propose": ("mrcnn_edu.proposals", "mrcnn_edu.model")},
-    "detection_layer": {"detect": ("mrcnn_edu.detection", "mrcnn_edu.model")},
+    "detection_layer": {"detect": ("mrcnn_edu.detection",)},  # detect_batch calls a swapped detect
     "roi_pool": {"roi_pool": ("mrcnn_edu.roi_align", "mrcnn_edu.ops")},
     "crop_and_resize": {"crop_and_resize": ("mrcnn_edu.roi_align",)},
     "assign_fpn_levels": {"assign_fpn_levels": ("mrcnn_edu.roi_align",)},
