@@ -109,13 +109,21 @@ def executed_notebooks(names: list[str], cache: Path, jobs: int) -> dict[str, Pa
         env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         os.environ.update({k: os.environ.get(k, v) for k, v in env.items()})
         os.environ.pop("MPLBACKEND", None)  # the kernels' inline backend draws the figures
+        failed = []
         with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(execute, run_dir / n, cache / n, run_dir): n for n in todo}
             for future in concurrent.futures.as_completed(futures):
                 name = futures[future]
-                say(f"executed {name} in {future.result():.0f} s")
+                try:
+                    say(f"executed {name} in {future.result():.0f} s")
+                except Exception as err:  # a cell's error (nbclient names the cell), a timeout, a dead kernel
+                    failed.append(name)
+                    say(f"{name} failed:\n{err}")
+                    continue
                 (cache / f"{name}.key").write_text(key_of[name])
         shutil.rmtree(run_dir, ignore_errors=True)
+        if failed:  # a book never shows a notebook that does not run
+            raise SystemExit(f"book: {len(failed)} notebooks failed to execute: {', '.join(sorted(failed))}")
     return {name: cache / name for name in names}
 
 
