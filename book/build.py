@@ -133,15 +133,23 @@ def _cached(cache: Path, name: str, key: str) -> bool:
 
 
 def widget_note(output: dict, state: dict) -> dict:
-    """The output that stands for a widget's controls in the book: a note naming them (their descriptions,
-    from the widget ``state`` the notebook saved)."""
+    """The output that stands for a widget in the book, from the widget ``state`` the notebook saved: for a
+    progress bar (tqdm's) the text it ended on; for controls, a note naming them under the figure that
+    :func:`mrcnn_edu.widgets.interactive_figure` drew with their default values (their static fallback)."""
     model = state.get(output["data"][WIDGET_VIEW].get("model_id", ""), {})
-    children = model.get("state", {}).get("children", [])
-    states = [state.get(child.removeprefix("IPY_MODEL_"), {}).get("state", {}) for child in children]
-    names = [s["description"] for s in states if s.get("description")]
-    controls = f" ({', '.join(names)})" if names else ""
-    html = (f'<p class="widget-fallback"><em>Controls{controls} appear here when the notebook runs in '
-            "Jupyter or Colab; the figure above is drawn with their default values.</em></p>")  # fmt: skip
+    ids = [child.removeprefix("IPY_MODEL_") for child in model.get("state", {}).get("children", [])]
+    children = [state.get(i, {}) for i in ids]
+    kinds = [child.get("model_name", "") for child in children]
+    states = [child.get("state", {}) for child in children]
+    if any(kind.endswith("ProgressModel") for kind in kinds):
+        texts = [s.get("value", "") for k, s in zip(kinds, states, strict=True) if k == "HTMLModel"]
+        text = " ".join(t for t in texts if t)
+        html = f'<pre class="widget-progress">{text}</pre>'  # the HTML widgets' text, already escaped
+    else:
+        names = [s["description"] for s in states if s.get("description")]
+        controls = f" ({', '.join(names)})" if names else ""
+        html = (f'<p class="widget-fallback"><em>Controls{controls} appear here when the notebook runs in '
+                "Jupyter or Colab; the figure above is drawn with their defaults.</em></p>")  # fmt: skip
     return {"output_type": "display_data", "data": {"text/html": html}, "metadata": {}}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import html.parser
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -87,6 +88,10 @@ def test_putting_the_cell_twice_changes_nothing_and_replaces_a_stale_one():
 # ------------------------------------------------------------------------------------- the site
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    """The subset book built here, or the site in ``$MRCNN_EDU_BOOK_SITE`` (e.g. ``make book``'s whole book:
+    ``MRCNN_EDU_BOOK_SITE=book/_build/html pytest tests/test_book.py`` checks every page of it)."""
+    if os.environ.get("MRCNN_EDU_BOOK_SITE"):
+        return Path(os.environ["MRCNN_EDU_BOOK_SITE"]).resolve()
     missing = [p for p in BOOK_PACKAGES if importlib.util.find_spec(p) is None]
     if missing:
         pytest.skip(f"the book's packages are not installed: {', '.join(missing)} (pip install -e .[book])")
