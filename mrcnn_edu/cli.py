@@ -7,6 +7,7 @@
     mrcnn-edu train  --out DIR --resume  continue a run with its own data and settings
     mrcnn-edu eval   (--checkpoint PATH | --weights SPEC) [--coco JSON --images DIR]
     mrcnn-edu predict (--checkpoint PATH | --weights SPEC) IMAGE...
+    mrcnn-edu explore [IMAGE] [--checkpoint PATH | --weights SPEC] --out page.html   one pass as a web page
     mrcnn-edu export-shapes --out DIR   write a shapes set as COCO json + PNGs ("bring your own data" example)
     mrcnn-edu convert via|labelme SRC --out DIR   VIA or labelme annotations to a COCO folder
     mrcnn-edu config [--preset P]       the fields that --set changes, with their values
@@ -740,6 +741,43 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _explore_image(spec: str):
+    """``(image, source text, target or None)`` of explore's IMAGE: a file, photo:NAME or shapes:INDEX."""
+    if spec.startswith("shapes:"):
+        from .config import Config
+        from .demo import shapes_splits
+
+        _, held_out = shapes_splits(Config.preset("shapes"))
+        index = spec.removeprefix("shapes:")
+        if not index.isdigit() or int(index) >= len(held_out):
+            last = len(held_out) - 1
+            raise UsageError(f"IMAGE {spec}: shapes:INDEX names a held-out shapes image, INDEX 0..{last}")
+        image, target = held_out[int(index)]
+        return image, f"held-out shapes image {index} (never trained on)", target
+    image, stem = _read_image(spec)
+    return image, (f"photo {stem} (bundled)" if spec.startswith("photo:") else spec), None
+
+
+def cmd_explore(args) -> int:
+    from .demo import SHIPPED_MODEL
+    from .explore import write_page
+
+    image, source, target = _explore_image(args.image)  # a bad name fails before the model is built
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {args.out}: is a folder; name the page's file, e.g. {out / 'explore.html'}")
+    if args.weights or args.checkpoint:
+        model = _model_from_args(args)
+        name = f"weights {args.weights}" if args.weights else f"checkpoint {args.checkpoint}"
+    else:
+        model = _load_model(SHIPPED_MODEL, args.device, args.set)
+        name = "the shapes model shipped with mrcnn_edu"
+    written = write_page(out, model, image, source=source, model_name=name, target=target)
+    print(f"explore: {written['proposals']} proposals, {written['detections']} detections -> {out} "
+          f"({written['bytes'] / 1e6:.2f} MB): open it in a browser, no server needed")  # fmt: skip
+    return 0
+
+
 def cmd_demo(args) -> int:
     import torch
 
@@ -889,8 +927,8 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    source = p.add_mutually_exclusive_group(required=True)
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    source = p.add_mutually_exclusive_group(required=required)
     source.add_argument("--checkpoint", help="a checkpoint written by mrcnn-edu train (last.pt or best.pt)")
     source.add_argument(
         "--weights",
@@ -1039,6 +1077,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/predict", help="where IMAGE_detections.png / .json go")
     p.add_argument("--score-threshold", type=_fraction, default=0.5, help="draw and list detections above it")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explore", help="one forward pass as an offline web page: every stage, clickable")
+    p.add_argument("image", nargs="?", default="shapes:0", metavar="IMAGE",
+                   help="an image file, photo:NAME (bundled photo) or shapes:INDEX (held-out shapes image "
+                   "0-99, with its ground truth)")  # fmt: skip
+    _add_model_args(p, required=False)
+    p.add_argument("--out", default="explore.html", help="the HTML file to write (one file, opens from disk)")
+    p.epilog = """\
+Without --checkpoint or --weights the page shows the shapes model shipped with mrcnn_edu.
+examples:
+  mrcnn-edu explore --out page.html          held-out shapes image 0, the shipped model
+  mrcnn-edu explore shapes:7 --checkpoint runs/a/best.pt --out shapes7.html
+  mrcnn-edu explore photo:astronaut --weights torchvision:maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth \\
+                    --out astronaut.html"""
+    p.set_defaults(func=cmd_explore)
 
     # Listed for --help; its own arguments are parsed by mrcnn_edu.data.export.main (see main below).
     sub.add_parser("export-shapes", help="write generated shapes as COCO json + PNGs", add_help=False)

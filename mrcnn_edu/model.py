@@ -59,10 +59,10 @@ from .rpn_targets import rpn_targets, rpn_targets_batch
 # two names stay importable here because the exercises' swap sites list them.
 _SWAP_SITES = (rpn_targets, detection_targets)
 
-__all__ = ["MaskRCNN", "TRACE_STAGES", "LOSS_NAMES"]
+__all__ = ["MaskRCNN", "TRACE_STAGES", "TRACE_FRAMES", "TraceStage", "LOSS_NAMES"]
 
 #: Stage names of :meth:`MaskRCNN.trace`, in execution order. "train" stages appear only on the training path,
-#: "eval" stages only on the inference path.
+#: "eval" stages only on the inference path. Each value is a str with a ``frame`` (:class:`TraceStage`).
 TRACE_STAGES = {
     "image_metas": "both: list of molding.ImageMeta (scale, window, padding) per image",
     "molded_images": "both: [B, 3, H, W] normalised, resized and padded batch",
@@ -86,6 +86,37 @@ TRACE_STAGES = {
     "losses": "train: dict of the five losses",
     "results": "eval: per image, boxes / labels / scores / masks [N, 1, H, W] in original-image pixels",
 }
+
+#: The coordinate frames named by ``TRACE_STAGES[name].frame``. Boxes are always ``(x1, y1, x2, y2)``; what
+#: differs is the image they are measured on.
+TRACE_FRAMES = {
+    "molded": "molded-image pixels: the resized and padded network input (image_metas maps them back)",
+    "feature": "feature cells of one FPN level: molded-image pixels divided by the level's stride",
+    "original": "original-image pixels: the image as given to the model",
+}
+
+
+class TraceStage(str):
+    """A :data:`TRACE_STAGES` entry: its description (this string) and ``frame``, the :data:`TRACE_FRAMES` key
+    of the coordinates its boxes, window or per-cell values are in (None: it has none)."""
+
+    frame: str | None
+
+    def __new__(cls, description: str, frame: str | None = None):
+        stage = super().__new__(cls, description)
+        stage.frame = frame
+        return stage
+
+
+# Where each stage lives: its boxes (anchors, proposals, ROIs, detections), the window of image_metas, or
+# the cells of a level (feature maps, one objectness per anchor, features pooled from a level's cells).
+_FRAMES = {
+    "image_metas": "molded", "molded_images": "molded", "backbone": "feature", "fpn": "feature",
+    "anchors": "molded", "rpn_objectness": "feature", "proposals_pre_nms": "molded", "proposals": "molded",
+    "roi_targets": "molded", "box_features": "feature", "detections_pre_nms": "molded",
+    "detections": "molded", "mask_features": "feature", "results": "original",
+}  # fmt: skip
+TRACE_STAGES = {name: TraceStage(text, _FRAMES.get(name)) for name, text in TRACE_STAGES.items()}
 
 
 def _check_images(images) -> list[torch.Tensor]:

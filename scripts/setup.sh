@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs mrcnn_edu into it (editable), with the test tools when called with "test".
+# Creates .venv and installs mrcnn_edu into it (editable), with the test tools when called with "test", with the
+# course book's tools when called with "book".
 #
 # PyTorch comes first, chosen for the machine, and pinned to one release (TORCH) on every path:
 # - Linux without a GPU: PyTorch's CPU wheel index first (the default package index's Linux torch is the CUDA
@@ -72,6 +73,9 @@ if [ "$extra" = "test" ]; then
     "${pip[@]}" -q --no-deps "torchvision==$tv" \
       || say "torchvision $tv not installed; the torchvision parity tests will skip"
   fi
+elif [ "$extra" = "book" ]; then
+  say "installing mrcnn_edu (editable) with the course book's tools (Sphinx, myst-nb, sphinx-book-theme)"
+  "${pip[@]}" -q -e ".[book]"
 else
   say "installing mrcnn_edu (editable)"
   "${pip[@]}" -q -e .

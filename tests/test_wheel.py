@@ -92,3 +92,13 @@ def test_short_demo_from_the_installed_package(installed):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "mask AP@0.5 =" in done.stdout
     assert list((work / "demo").glob("*/demo_predictions.png"))
+
+
+def test_explore_command_from_the_installed_package(installed):
+    wheel, env, work = installed
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"mrcnn_edu/web/explore.{ext}" for ext in ("html", "css", "js")} <= names
+    done = _run(env, work, "mrcnn-edu", "explore", "shapes:3", "--out", "page.html")
+    assert done.returncode == 0, done.stderr
+    page = (work / "page.html").read_text()
+    assert "held-out shapes image 3" in page and "/*@JS@*/" not in page
