@@ -16,13 +16,15 @@ import json
 import sys
 from pathlib import Path
 
+from mrcnn_edu.exercises.notebooks import COLAB_TAG
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-TAG = "colab-install"
+TAG = COLAB_TAG
 #: The notebooks that get the cell (the student versions are generated from the instructor ones).
 NOTEBOOK_GLOBS = ("notebooks/[0-9]*.ipynb", "notebooks/exercises/instructor/*.ipynb")
 

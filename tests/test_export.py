@@ -88,6 +88,9 @@ def test_nbgrader_export_has_solution_and_graded_test_cells(tmp_path):
         assert "**Answers.**" not in sources  # instructor-only text stays out
         demos = [c for c in nb["cells"] if "use_student_if_passed(" in _code(c)]
         assert demos and all('if not os.environ.get("NBGRADER_EXECUTION")' in _code(c) for c in demos)
+        # The imports run while nbgrader grades too: the student's code and the tests need them.
+        (imports,) = [c for c in nb["cells"] if "from mrcnn_edu.exercises import check" in _code(c)]
+        assert "NBGRADER_EXECUTION" not in _code(imports)
 
 
 def test_otter_export_is_in_assign_format(tmp_path):

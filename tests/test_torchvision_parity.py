@@ -65,9 +65,20 @@ def _match(ref_boxes, boxes, ref_labels=None, labels=None):
     return index, distance
 
 
+@pytest.fixture
+def full_float32():
+    # Set and restored by hand: torch.backends.cuda.matmul's attributes are computed properties, which
+    # pytest's monkeypatch takes for missing ones and deletes on teardown (an AttributeError).
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    yield
+    cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device here"))])
-def test_outputs_match_torchvision(reference, images, device, monkeypatch):
+def test_outputs_match_torchvision(reference, images, device, full_float32):
     from mrcnn_edu.pretrained import load_torchvision_maskrcnn
 
     tv_model, kernels = reference
@@ -75,9 +86,8 @@ def test_outputs_match_torchvision(reference, images, device, monkeypatch):
         pytest.skip("torchvision's CUDA kernels are not available here")
     # cuDNN convolutions default to TF32 (10-bit mantissas) on Ampere and later GPUs: the two models'
     # convolutions then differ by ~1e-3 (ours folds the frozen BatchNorm into the weights), which reorders
-    # near-tied proposal scores. The parity is about the computation, so it is checked in full float32.
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    # near-tied proposal scores. The parity is about the computation, so it is checked in full float32
+    # (the full_float32 fixture).
     tv_model = tv_model.to(device)
     ims = [im.to(device) for im in images]
     ours = load_torchvision_maskrcnn(tv_model.state_dict(), device=device)

@@ -22,20 +22,12 @@ def _script():
     return module
 
 
-def test_roi_align_widget_redraws_in_jupyterlab(tmp_path):
-    shots = _script()
-    if not shots.CHROMIUM.is_file():
-        pytest.skip(f"{shots.CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) to "
-                    "drive the widgets in a real browser")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (pip install playwright)")
+def test_roi_align_widget_redraws_in_jupyterlab(tmp_path, browser):
+    # The session's browser (conftest.py): a second Playwright beside it would find its event loop running.
     pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
-    with shots.jupyter_lab(["07_roi_align"]) as (base, token), sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(shots.CHROMIUM), args=shots.CHROMIUM_ARGS)
-        try:
-            result = shots.drive("07_roi_align", tmp_path, base, token, browser)
-        finally:
-            browser.close()
+    shots = _script()
+    with shots.jupyter_lab(["07_roi_align"]) as (base, token):
+        result = shots.drive("07_roi_align", tmp_path, base, token, browser)
     assert result["errors"] == []
     assert result["changed"], "moving the widgets did not redraw the figure"
     assert result["before"].stat().st_size > 0 and result["after"].stat().st_size > 0

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from .catalog import ASSIGNMENTS
 from .notebooks import (
+    COLAB_TAG,
     EXERCISE_TAG,
     SOLUTION_TAG,
     cell_source,
@@ -58,8 +59,10 @@ _CHECK = re.compile(r"^\s*\w+\s*=\s*check\(\s*[\"'](\w+)[\"']", re.M)
 
 
 def _kind(index: int, cell: dict, first_code: int) -> str:
-    """What an instructor notebook's cell is: answers, solution, check, imports, demo, markdown."""
+    """What an instructor notebook's cell is: answers, solution, check, setup, imports, demo, markdown."""
     tags = cell_tags(cell)
+    if COLAB_TAG in tags:
+        return "setup"  # the Colab install cell, kept as it is
     if SOLUTION_TAG in tags and cell.get("cell_type") != "code":
         return "answers"  # instructor-only text
     if cell.get("cell_type") != "code":
@@ -73,7 +76,11 @@ def _kind(index: int, cell: dict, first_code: int) -> str:
 
 def _cells(nb: dict):
     """``(kind, cell)`` for each cell of an instructor notebook."""
-    code = [i for i, c in enumerate(nb["cells"]) if c.get("cell_type") == "code"]
+    code = [
+        i
+        for i, c in enumerate(nb["cells"])
+        if c.get("cell_type") == "code" and COLAB_TAG not in cell_tags(c)
+    ]
     return [(_kind(i, c, code[0] if code else -1), c) for i, c in enumerate(nb["cells"])]
 
 

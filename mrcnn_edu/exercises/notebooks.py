@@ -54,6 +54,8 @@ __all__ = [
 
 EXERCISE_TAG = "exercise"
 SOLUTION_TAG = "solution"
+#: The Colab cell (book/colab.py), the first code cell of a course notebook: it installs mrcnn_edu in Colab.
+COLAB_TAG = "colab-install"
 #: The body every function of a task cell gets in the student's version.
 TASK_BODY = 'raise NotImplementedError("your code here")'
 
