@@ -210,6 +210,7 @@ def stage(src: Path, executed: dict[str, Path], stage_names: list[str]) -> None:
         (src / page).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / page, src / page)
     shutil.copytree(ROOT / "docs" / "figures", src / "docs" / "figures")
+    architecture_figure(src / "docs" / "figures" / "architecture.png")
     for name in stage_names:
         source = executed.get(name, NOTEBOOKS / name)
         (src / "notebooks" / name).write_text(json.dumps(for_the_book(json.loads(source.read_text()))))
@@ -219,6 +220,13 @@ def stage(src: Path, executed: dict[str, Path], stage_names: list[str]) -> None:
     for name, text in api_pages().items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text(text)
+
+
+def architecture_figure(target: Path) -> None:
+    """The map of the course on the front page: notebook 00's figure of the trace stages."""
+    from mrcnn_edu.visualize import architecture_figure as figure
+
+    figure().savefig(target, dpi=100)
 
 
 def explorer_page(target: Path) -> None:

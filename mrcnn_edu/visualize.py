@@ -538,9 +538,9 @@ _EVAL_PATH = [
 def architecture_figure() -> Figure:
     """Mask R-CNN as :meth:`mrcnn_edu.model.MaskRCNN.trace` records it, mapped onto matterport's names.
 
-    Each box is one step of the forward pass: its trace stage names (monospace, bold), the layer or function
-    of matterport's implementation that computes the same tensor (italic, :data:`MATTERPORT_NAMES`) and the
-    notebook that takes it apart (top right). The shared steps run in one column; below them the training
+    Each box is one step of the forward pass: the notebook that takes it apart (left), its trace stage names
+    (monospace, bold) and the layer or function of matterport's implementation that computes the same tensor
+    (italic, :data:`MATTERPORT_NAMES`). The shared steps run in one column; below them the training
     path (``model(images, targets)``: targets sampled, box and mask heads in parallel, five losses) and the
     inference path (``model(images)``: detection layer, then the mask head on the detections) run side by
     side. Returns the figure (``fig.savefig(path)`` to keep it).

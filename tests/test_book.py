@@ -139,6 +139,7 @@ def test_the_site_has_every_page(site):
                 "notebooks/exercises/README.html"}  # fmt: skip
     assert stages | student | expected <= pages
     assert (site / "explore.html").is_file()
+    assert "architecture.png" in (site / "index.html").read_text()  # notebook 00's map of the stages
     build = _load("build")
     api = "".join((site / "api" / f"{part}.html").read_text() for part in build.API_PARTS)
     for module in build.public_modules():  # every public module is in the reference, in one of the parts
