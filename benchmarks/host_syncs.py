@@ -71,8 +71,9 @@ STAGES = {
 LOSSES = ("rpn_objectness_loss", "rpn_box_loss", "classifier_loss", "box_loss", "mask_loss")
 
 
-def _label_stages() -> None:
-    """Wrap the stage functions that model.py calls in ``record_function`` ranges (this process only)."""
+def _label_stages(set_attr=setattr) -> None:
+    """Wrap the stage functions that model.py calls in ``record_function`` ranges (this process only;
+    ``set_attr``: how, e.g. a test's ``monkeypatch.setattr``)."""
     import mrcnn_edu.losses
     import mrcnn_edu.model
 
@@ -85,9 +86,9 @@ def _label_stages() -> None:
 
     for attr, name in STAGES.items():
         if hasattr(mrcnn_edu.model, attr):  # (an older model.py may call another set of names)
-            setattr(mrcnn_edu.model, attr, labelled(getattr(mrcnn_edu.model, attr), name))
+            set_attr(mrcnn_edu.model, attr, labelled(getattr(mrcnn_edu.model, attr), name))
     for attr in LOSSES:
-        setattr(mrcnn_edu.losses, attr, labelled(getattr(mrcnn_edu.losses, attr), "losses"))
+        set_attr(mrcnn_edu.losses, attr, labelled(getattr(mrcnn_edu.losses, attr), "losses"))
 
 
 def _stage_of(event) -> str:
@@ -179,13 +180,13 @@ def _table(rows, title: str) -> None:
         print(f"same count for every batch size and class count, {label}: {verdict}")
 
 
-def _paste_as_on_a_gpu() -> None:
+def _paste_as_on_a_gpu(set_attr=setattr) -> None:
     """Paste masks with the whole-image path that every device but the CPU takes. The CPU's per-box path
     reads each box's pixel range into Python (a few scalar reads per image, of CPU tensors: no device to
     wait for); counting it would report a cost that no GPU run has."""
     import mrcnn_edu.masks
 
-    mrcnn_edu.masks._paste_in_boxes = mrcnn_edu.masks._paste_full_image
+    set_attr(mrcnn_edu.masks, "_paste_in_boxes", mrcnn_edu.masks._paste_full_image)
 
 
 def main(argv=None) -> int:

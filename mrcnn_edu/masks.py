@@ -124,6 +124,8 @@ def paste_masks(
     boxes: torch.Tensor,
     image_size: Sequence[int],
     threshold: float | None = None,
+    *,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Paste each ``M x M`` box-relative mask into an ``H x W`` image at its box (bilinear, vectorised).
 
@@ -136,6 +138,8 @@ def paste_masks(
     image_size: ``(H, W)`` of the target image.
     threshold: None returns the interpolated values (torchvision); a number returns ``values >= threshold``
         as a bool mask (matterport uses 0.5).
+    check_finite: False skips the NaN check of ``boxes``, a read of the device's result by the host (a GPU
+        waits for it), for a caller that checked the boxes of a whole batch at once (the model does).
     Returns ``[N, H, W]``: float (the dtype of ``masks``, float32 for non-float masks), or bool with a
     threshold. Pixels outside each box are 0 / False.
 
@@ -152,7 +156,7 @@ def paste_masks(
     if boxes.shape[0] != n:
         raise ValueError(f"boxes must have one row per mask ({n}), got shape {tuple(boxes.shape)}")
     check_same_device(masks=masks, boxes=boxes)
-    if n and not bool(torch.isfinite(boxes).all()):
+    if check_finite and n and not bool(torch.isfinite(boxes).all()):
         raise ValueError(f"boxes must be finite, got {boxes[~torch.isfinite(boxes).all(1)].tolist()[:3]}")
     dtype = masks.dtype if masks.is_floating_point() else torch.float32
     out = torch.zeros((n, h, w), dtype=torch.bool if threshold is not None else dtype, device=masks.device)

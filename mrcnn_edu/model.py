@@ -355,11 +355,14 @@ class MaskRCNN(nn.Module):
         for d, logits, meta in zip(detections, per_image, metas, strict=True):
             # Each detection's mask is the channel of its own class (per-class masks, no competition).
             probs = logits[torch.arange(len(logits), device=logits.device), d["labels"]].sigmoid()
+            # finite: detect drops a NaN box (its size fails the min_size test), and decoding clamps the
+            # deltas, so paste_masks need not check them (a read by the host, per image, on a GPU)
             boxes = unmold_boxes(d["boxes"], meta)
             if cfg.mask_paste == "torchvision":
-                masks = paste_masks(*pad_masks_and_snap_boxes(probs, boxes), meta.original_size)
+                masks = paste_masks(*pad_masks_and_snap_boxes(probs, boxes), meta.original_size,
+                                    check_finite=False)  # fmt: skip
             elif cfg.mask_paste == "exact":
-                masks = paste_masks(probs, boxes, meta.original_size)
+                masks = paste_masks(probs, boxes, meta.original_size, check_finite=False)
             else:
                 raise ValueError(
                     f"config.mask_paste must be 'exact' or 'torchvision', got {cfg.mask_paste!r}"

@@ -236,6 +236,18 @@ def test_nan_pixels_are_rejected_naming_the_image(model):
         model([images[0], patched], targets)
 
 
+def test_nan_detection_boxes_never_reach_the_masks():
+    # model.py pastes masks without checking the boxes for NaN: detect must have dropped them. Finite
+    # scores, NaN box deltas (a diverged box regressor):
+    torch.manual_seed(0)
+    broken = MaskRCNN(tiny_config(detection_min_confidence=0.0, detection_candidates="all")).eval()
+    with torch.no_grad():
+        broken.box_predictor.bbox_pred.bias.fill_(float("nan"))
+        trace = broken.trace(batch()[0])
+    assert all(len(d["boxes"]) == 0 for d in trace["detections"])
+    assert torch.isfinite(trace["class_logits"]).all()  # every box had a finite score: dropped for its NaN
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_other_float_dtypes_are_converted_to_the_weights_dtype(model, dtype):
     images, targets = batch()
