@@ -8,6 +8,8 @@ each target, in training) may grow with the batch.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,13 @@ def test_syncs_do_not_grow_with_the_batch_or_the_classes(syncs, train):
     assert one and sum(one.values()) > 0  # the counting works: the proposal layer alone syncs
     assert syncs(3, 4, train) == one, "a stage syncs per image"
     assert syncs(1, 12, train) == one, "a stage syncs per class"
+
+
+def test_host_ops_benchmark_counts_every_stage():
+    # benchmarks/host_ops.py (docs/benchmarks.md's GPU section), on one small image: it runs and attributes
+    # the calls to the stages
+    command = [sys.executable, str(SCRIPT.parent / "host_ops.py"), "--batches", "1", "--size", "64", "80"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for stage in ("detection targets", "RPN targets", "proposal layer", "on a GPU, torchvision's roi_align"):
+        assert stage in done.stdout, done.stdout
