@@ -65,7 +65,7 @@ STAGES = {
     "paste_masks": "mask pasting",
     "pad_masks_and_snap_boxes": "mask pasting",
     "unmold_boxes": "mask pasting",
-    "validate_target": "input checks",
+    "validate_targets": "input checks",
     "_check_images": "input checks",
 }
 LOSSES = ("rpn_objectness_loss", "rpn_box_loss", "classifier_loss", "box_loss", "mask_loss")

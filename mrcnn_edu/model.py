@@ -42,7 +42,7 @@ from . import losses
 from .anchors import concat_levels, pyramid_anchors
 from .backbone import build_backbone
 from .config import Config
-from .data.transforms import validate_target
+from .data.transforms import validate_targets
 from .detection import detect_batch
 from .detection_targets import detection_targets, detection_targets_batch
 from .fpn import FPN
@@ -440,15 +440,15 @@ class MaskRCNN(nn.Module):
             raise ValueError(
                 f"targets must have one dict per image: {len(targets)} targets for {len(images)} images"
             )
+        if targets is not None:  # (one read of the values for the whole batch)
+            targets = validate_targets(images, targets, num_classes=cfg.num_classes)
         molded, metas, gts = [], [], []
         for i, image in enumerate(images):
             im, meta = resize_image(image, mode=cfg.resize_mode, min_dim=cfg.min_dim, max_dim=cfg.max_dim)
             molded.append(normalize_image(im, cfg.pixel_mean, cfg.pixel_std))
             metas.append(meta)
             if targets is not None:
-                t = validate_target(
-                    image, targets[i], name=f"targets[{i}]", num_classes=self.config.num_classes
-                )
+                t = targets[i]
                 gt = {
                     "boxes": resize_boxes(t["boxes"].float(), meta),
                     "labels": t["labels"],

@@ -32,6 +32,7 @@ from mrcnn_edu.data import (
     load_coco_ground_truth,
     make_shapes_image,
     validate_target,
+    validate_targets,
 )
 from mrcnn_edu.data.coco import decode_segmentation
 from mrcnn_edu.data.export import main as export_main
@@ -666,6 +667,28 @@ def test_validate_target_drops_degenerate_boxes_with_warning():
     assert out["masks"][1, 3].all() and out["masks"][0, 0].all()  # masks 0 and 3 kept, in order
     assert out["iscrowd"].shape == (2,)
     assert target["boxes"].shape == (6, 4)  # input untouched
+
+
+def test_validate_targets_checks_a_batch_as_each_item_and_names_the_item():
+    good = _target([[1, 1, 5, 5], [2, 2, 9, 9]])
+    degenerate = _target([[1, 1, 5, 5], [3, 3, 3, 9]])
+    image, one = _target([[1, 1, 5, 5]])
+    empty = image, {k: v[:0] if torch.is_tensor(v) else v for k, v in one.items()}  # no objects
+    images, targets = zip(good, degenerate, empty, strict=True)
+    with pytest.warns(UserWarning, match=r"targets\[1\]: dropped 1 of 2") as caught:
+        out = validate_targets(images, targets, num_classes=4)
+    assert len(caught) == 1  # the other two items are fine
+    for checked, item in zip(out, (good, degenerate, empty), strict=True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            alone = validate_target(*item, num_classes=4)
+        assert all(torch.equal(checked[k], alone[k]) for k in ("boxes", "labels", "masks", "iscrowd"))
+    wrong = _target([[1, 1, 5, 5], [2, 2, 9, 9]])
+    wrong[1]["labels"] = torch.tensor([1, 9])
+    with pytest.raises(ValueError, match=r"targets\[2\]\['labels'\] must be < num_classes=4, got 9"):
+        validate_targets([good[0], good[0], wrong[0]], [good[1], good[1], wrong[1]], num_classes=4)
+    with pytest.raises(ValueError, match="one entry per item"):
+        validate_targets([good[0]], [good[1], good[1]])
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,14 @@ from .coco import CocoDataset, load_coco_ground_truth
 from .export import export_shapes_coco
 from .images import DataError, read_image
 from .shapes import CLASS_NAMES, ShapesDataset, make_shapes_image
-from .transforms import Compose, RandomHorizontalFlip, collate, horizontal_flip, validate_target
+from .transforms import (
+    Compose,
+    RandomHorizontalFlip,
+    collate,
+    horizontal_flip,
+    validate_target,
+    validate_targets,
+)
 
 __all__ = [
     "CLASS_NAMES",
@@ -20,4 +27,5 @@ __all__ = [
     "collate",
     "horizontal_flip",
     "validate_target",
+    "validate_targets",
 ]
