@@ -139,7 +139,8 @@ def paste_masks(
     threshold: None returns the interpolated values (torchvision); a number returns ``values >= threshold``
         as a bool mask (matterport uses 0.5).
     check_finite: False skips the NaN check of ``boxes``, a read of the device's result by the host (a GPU
-        waits for it), for a caller that checked the boxes of a whole batch at once (the model does).
+        waits for it), for a caller whose boxes are finite by construction (the model's: ``detect`` drops
+        NaN boxes).
     Returns ``[N, H, W]``: float (the dtype of ``masks``, float32 for non-float masks), or bool with a
     threshold. Pixels outside each box are 0 / False.
 
