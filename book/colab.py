@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from mrcnn_edu.exercises.notebooks import COLAB_TAG
+from mrcnn_edu.exercises.notebooks import COLAB_TAG, cell_tags
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,7 +24,6 @@ else:
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-TAG = COLAB_TAG
 #: The notebooks that get the cell (the student versions are generated from the instructor ones).
 NOTEBOOK_GLOBS = ("notebooks/[0-9]*.ipynb", "notebooks/exercises/instructor/*.ipynb")
 
@@ -50,7 +49,7 @@ def cell_source(url: str) -> str:
 
 
 def _is_colab_cell(cell: dict) -> bool:
-    return TAG in cell.get("metadata", {}).get("tags", [])
+    return COLAB_TAG in cell_tags(cell)
 
 
 def put_cell(nb: dict, source: str) -> bool:
@@ -62,7 +61,7 @@ def put_cell(nb: dict, source: str) -> bool:
         return False
     for i in reversed(existing):
         del cells[i]
-    cell = {"cell_type": "code", "execution_count": None, "id": TAG, "metadata": {"tags": [TAG]},
+    cell = {"cell_type": "code", "execution_count": None, "id": COLAB_TAG, "metadata": {"tags": [COLAB_TAG]},
             "outputs": [], "source": source.splitlines(keepends=True)}  # fmt: skip
     if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
         del cell["id"]  # cell ids came with nbformat 4.5

@@ -68,9 +68,9 @@ def test_every_notebook_opens_with_the_colab_cell():
     for path in paths:
         cells = json.loads(path.read_text())["cells"]
         first = next(c for c in cells if c["cell_type"] == "code")
-        assert colab.TAG in first["metadata"].get("tags", []), path
+        assert colab.COLAB_TAG in first["metadata"].get("tags", []), path
         assert "".join(first["source"]) == source, path
-        assert sum(colab.TAG in c.get("metadata", {}).get("tags", []) for c in cells) == 1, path
+        assert sum(colab.COLAB_TAG in c.get("metadata", {}).get("tags", []) for c in cells) == 1, path
     assert colab.main(["--check"]) == 0
 
 
@@ -81,7 +81,7 @@ def test_putting_the_cell_twice_changes_nothing_and_replaces_a_stale_one():
          "source": []},
     ]}  # fmt: skip
     assert colab.put_cell(nb, "old") and not colab.put_cell(nb, "old")
-    assert [c.get("id") for c in nb["cells"]] == ["t", colab.TAG, "c"]
+    assert [c.get("id") for c in nb["cells"]] == ["t", colab.COLAB_TAG, "c"]
     assert colab.put_cell(nb, "new") and "".join(nb["cells"][1]["source"]) == "new" and len(nb["cells"]) == 3
 
 
